@@ -2,5 +2,12 @@
 #pragma once
 
 #include <shmbus/error.hpp>
+#include <shmbus/event_fd.hpp>
 #include <shmbus/fd.hpp>
+#include <shmbus/io.hpp>
+#include <shmbus/region.hpp>
+#include <shmbus/scheduler.hpp>
+#include <shmbus/task.hpp>
+#include <shmbus/timeout.hpp>
 #include <shmbus/version.hpp>
+#include <shmbus/when_all.hpp>

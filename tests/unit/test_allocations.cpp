@@ -1,0 +1,82 @@
+// Awaiting io_uring requests allocates nothing once the scheduler is warm:
+// this program replaces the global operator new with a counting one.
+#include <shmbus/event_fd.hpp>
+#include <shmbus/io.hpp>
+#include <shmbus/scheduler.hpp>
+
+#include <catch2/catch.hpp>
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <cstdlib>
+#include <new>
+
+namespace {
+std::atomic<std::size_t> allocations{0};
+}
+
+namespace {
+void* counted_malloc(std::size_t n) noexcept {
+  allocations.fetch_add(1, std::memory_order_relaxed);
+  return std::malloc(n == 0 ? 1 : n);
+}
+void* counted_or_throw(std::size_t n) {
+  if (void* p = counted_malloc(n)) return p;
+  throw std::bad_alloc();
+}
+}  // namespace
+
+// Every plain form is replaced, so that new and delete always pair (the
+// sanitizers check that).
+void* operator new(std::size_t n) { return counted_or_throw(n); }
+void* operator new[](std::size_t n) { return counted_or_throw(n); }
+void* operator new(std::size_t n, const std::nothrow_t&) noexcept { return counted_malloc(n); }
+void* operator new[](std::size_t n, const std::nothrow_t&) noexcept { return counted_malloc(n); }
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete[](void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
+void operator delete(void* p, const std::nothrow_t&) noexcept { std::free(p); }
+void operator delete[](void* p, const std::nothrow_t&) noexcept { std::free(p); }
+
+using shmbus::task;
+using namespace std::chrono_literals;
+
+TEST_CASE("awaiting timers, eventfds and pipe reads allocates nothing after warm-up", "[allocation]") {
+  shmbus::scheduler s;
+  shmbus::event_fd e;
+  int fds[2];
+  REQUIRE(::pipe2(fds, O_CLOEXEC) == 0);
+  std::stop_source stop;  // a live token: stop callbacks must not allocate either
+
+  auto round = [&]() -> task<void> {
+    co_await s.sleep_for(0ns);
+    e.signal();
+    co_await e.wait(s);
+    const std::array<std::byte, 8> out{};
+    co_await shmbus::async_write(s, fds[1], out);
+    std::array<std::byte, 8> in{};
+    co_await shmbus::async_read(s, fds[0], in);
+    co_await s.schedule();
+  };
+  auto loop = [&](int rounds) -> task<void> {
+    for (int i = 0; i < rounds; ++i) co_await round();
+  };
+  auto measured = [&]() -> task<std::size_t> {
+    co_await loop(1000);  // warm-up: ready queue and ring reach their size
+    auto measured_loop = loop(10'000);
+    const std::size_t before = allocations.load();
+    co_await measured_loop;
+    co_return allocations.load() - before;
+  };
+  // Each round awaits a task (one frame) and five requests. Frames come from
+  // operator new; the requests must add nothing on top.
+  const std::size_t extra = s.run(measured().with_stop_token(stop.get_token()));
+  CHECK(extra == 10'000);  // exactly the 10,000 `round()` frames, zero per request
+  ::close(fds[0]);
+  ::close(fds[1]);
+}
