@@ -1,0 +1,359 @@
+// Shared helpers of the shmbus benchmarks: command line, clock, percentile
+// statistics over recorded samples, interleaved A/B measurement, and the two
+// output formats (readable table, or one JSON object per line with --json).
+//
+// Percentiles: every sample is kept and sorted; p50/p99/p99.9 are read by the
+// nearest-rank rule. A latency histogram library would save memory, but
+// Debian 12 has no C/C++ HdrHistogram package (only Go and Java ones), and
+// the benches keep at most a few hundred thousand samples (a few MiB), so
+// exact order statistics are cheaper than a dependency.
+//
+// Interleaving: the machines are shared 2-vCPU VMs whose speed drifts over
+// seconds. A case and its baseline therefore run in alternating blocks
+// (A B A B ...) after a warm-up of each; percentiles are over all samples of
+// each side, and the ratio p50_A/p50_B is also computed per pair of blocks,
+// whose median is robust to a pair that the host disturbed.
+#pragma once
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <ctime>
+#include <functional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace shmbus::bench {
+
+// ---- clock and optimisation barriers ---------------------------------------
+
+/// CLOCK_MONOTONIC in nanoseconds (vDSO: no system call with the TSC
+/// clocksource). The same clock as std::chrono::steady_clock.
+inline std::int64_t now_ns() noexcept {
+  timespec ts{};
+  ::clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<std::int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
+}
+
+/// Makes the compiler believe `value` is read, so that computing it cannot be
+/// removed.
+template <class T>
+inline void do_not_optimize(const T& value) noexcept {
+  asm volatile("" : : "r,m"(value) : "memory");
+}
+
+/// Makes the compiler forget what it knew about memory.
+inline void clobber_memory() noexcept { asm volatile("" : : : "memory"); }
+
+// ---- statistics --------------------------------------------------------------
+
+struct stats {
+  std::size_t count = 0;
+  double min = 0;
+  double p50 = 0;
+  double p99 = 0;
+  double p999 = 0;
+  double max = 0;
+  double mean = 0;
+};
+
+/// Nearest-rank percentile of sorted samples; `q` in [0, 1].
+inline double percentile_sorted(const std::vector<double>& sorted, double q) noexcept {
+  if (sorted.empty()) return std::nan("");
+  const auto n = static_cast<double>(sorted.size());
+  auto rank = static_cast<std::size_t>(std::ceil(q * n));
+  if (rank < 1) rank = 1;
+  if (rank > sorted.size()) rank = sorted.size();
+  return sorted[rank - 1];
+}
+
+/// Order statistics of `samples` (copied and sorted; the input is kept).
+inline stats compute_stats(std::vector<double> samples) {
+  stats s;
+  s.count = samples.size();
+  if (samples.empty()) {
+    s.min = s.p50 = s.p99 = s.p999 = s.max = s.mean = std::nan("");
+    return s;
+  }
+  std::sort(samples.begin(), samples.end());
+  double sum = 0;
+  for (double v : samples) sum += v;
+  s.min = samples.front();
+  s.max = samples.back();
+  s.mean = sum / static_cast<double>(samples.size());
+  s.p50 = percentile_sorted(samples, 0.50);
+  s.p99 = percentile_sorted(samples, 0.99);
+  s.p999 = percentile_sorted(samples, 0.999);
+  return s;
+}
+
+/// Median of a small set of values (NaN when empty).
+inline double median(std::vector<double> values) {
+  if (values.empty()) return std::nan("");
+  std::sort(values.begin(), values.end());
+  const std::size_t n = values.size();
+  return n % 2 == 1 ? values[n / 2] : (values[n / 2 - 1] + values[n / 2]) / 2;
+}
+
+// ---- interleaved comparison -------------------------------------------------
+
+/// One side of a comparison. `run_block(n, out)` records n samples into
+/// `out`, each in nanoseconds per operation (a sample may time one operation
+/// or be the mean over a batch of them; the side decides and says so).
+struct side {
+  std::string name;
+  std::function<void(std::size_t n, std::vector<double>& out)> run_block;
+};
+
+struct plan {
+  std::size_t warmup_blocks = 1;  ///< per side, before anything is recorded
+  std::size_t pairs = 10;         ///< measured pairs of blocks (A then B)
+  std::size_t block = 2000;       ///< samples per block
+};
+
+struct comparison {
+  std::vector<double> samples_a, samples_b;
+  std::vector<double> pair_ratios;  ///< p50_A / p50_B of each pair of blocks
+};
+
+/// Runs warm-up blocks of both sides, then `p.pairs` pairs of blocks A, B.
+inline comparison run_interleaved(const side& a, const side& b, const plan& p) {
+  comparison c;
+  std::vector<double> scratch;
+  for (std::size_t i = 0; i < p.warmup_blocks; ++i) {
+    scratch.clear();
+    a.run_block(p.block, scratch);
+    scratch.clear();
+    b.run_block(p.block, scratch);
+  }
+  std::vector<double> block_a, block_b;
+  for (std::size_t i = 0; i < p.pairs; ++i) {
+    block_a.clear();
+    block_b.clear();
+    a.run_block(p.block, block_a);
+    b.run_block(p.block, block_b);
+    c.pair_ratios.push_back(compute_stats(block_a).p50 / compute_stats(block_b).p50);
+    c.samples_a.insert(c.samples_a.end(), block_a.begin(), block_a.end());
+    c.samples_b.insert(c.samples_b.end(), block_b.begin(), block_b.end());
+  }
+  return c;
+}
+
+// ---- results and output -------------------------------------------------------
+
+/// One measured case against its same-run baseline.
+struct result {
+  std::string bench;     ///< "scheduler", "channel", ...
+  std::string name;      ///< the case
+  std::string op;        ///< what one operation is (for the reader)
+  stats measured;
+  double ops_per_s = 0;
+  std::string baseline;  ///< empty: no baseline
+  stats base;
+  double base_ops_per_s = 0;
+  std::vector<double> pair_ratios;
+  /// Extra fields: key and already-encoded JSON value.
+  std::vector<std::pair<std::string, std::string>> extra;
+
+  double ratio() const noexcept { return measured.p50 / base.p50; }
+  double pair_ratio_median() const { return median(pair_ratios); }
+
+  void add_extra(std::string key, bool v) { extra.emplace_back(std::move(key), v ? "true" : "false"); }
+  void add_extra(std::string key, std::int64_t v) { extra.emplace_back(std::move(key), fmt::format("{}", v)); }
+  void add_extra(std::string key, std::string_view v);
+};
+
+inline std::string json_string(std::string_view s) {
+  std::string out = "\"";
+  for (char ch : s) {
+    const auto u = static_cast<unsigned char>(ch);
+    if (ch == '"' || ch == '\\') {
+      out += '\\';
+      out += ch;
+    } else if (u < 0x20) {
+      out += fmt::format("\\u{:04x}", static_cast<unsigned>(u));
+    } else {
+      out += ch;
+    }
+  }
+  out += '"';
+  return out;
+}
+
+/// A number with `decimals` digits after the point; null when not finite.
+inline std::string json_number(double v, int decimals) {
+  if (!std::isfinite(v)) return "null";
+  return fmt::format("{:.{}f}", v, decimals);
+}
+
+inline void result::add_extra(std::string key, std::string_view v) {
+  extra.emplace_back(std::move(key), json_string(v));
+}
+
+/// --samples PREFIX: where fill() writes every recorded sample (one number
+/// a line, in recording order) for offline analysis; empty: nowhere.
+inline std::string& samples_prefix() {
+  static std::string prefix;
+  return prefix;
+}
+
+inline void write_samples(const std::string& path, const std::vector<double>& samples) {
+  std::FILE* f = std::fopen(path.c_str(), "w");
+  if (f == nullptr) {
+    fmt::print(stderr, "cannot write {}\n", path);
+    return;
+  }
+  for (double v : samples) fmt::print(f, "{:.1f}\n", v);
+  std::fclose(f);
+}
+
+/// Fills a result's statistics from an interleaved comparison (r.name must
+/// be set: it names the sample files).
+inline void fill(result& r, const comparison& c) {
+  if (!samples_prefix().empty()) {
+    write_samples(fmt::format("{}{}.txt", samples_prefix(), r.name), c.samples_a);
+    write_samples(fmt::format("{}{}.baseline.txt", samples_prefix(), r.name), c.samples_b);
+  }
+  r.measured = compute_stats(c.samples_a);
+  r.base = compute_stats(c.samples_b);
+  // Throughput of back-to-back operations: the inverse of the mean time per
+  // operation (the clock reads between samples are not counted).
+  r.ops_per_s = 1e9 / r.measured.mean;
+  r.base_ops_per_s = 1e9 / r.base.mean;
+  r.pair_ratios = c.pair_ratios;
+}
+
+/// The result as one line of JSON (no trailing newline).
+inline std::string to_json(const result& r) {
+  std::string s = "{";
+  auto field = [&](std::string_view key, const std::string& encoded) {
+    if (s.size() > 1) s += ',';
+    s += json_string(key);
+    s += ':';
+    s += encoded;
+  };
+  field("bench", json_string(r.bench));
+  field("case", json_string(r.name));
+  field("op", json_string(r.op));
+  field("samples", fmt::format("{}", r.measured.count));
+  field("p50_ns", json_number(r.measured.p50, 1));
+  field("p99_ns", json_number(r.measured.p99, 1));
+  field("p999_ns", json_number(r.measured.p999, 1));
+  field("max_ns", json_number(r.measured.max, 1));
+  field("mean_ns", json_number(r.measured.mean, 1));
+  field("ops_per_s", json_number(r.ops_per_s, 0));
+  if (!r.baseline.empty()) {
+    field("baseline", json_string(r.baseline));
+    field("baseline_p50_ns", json_number(r.base.p50, 1));
+    field("baseline_p99_ns", json_number(r.base.p99, 1));
+    field("baseline_p999_ns", json_number(r.base.p999, 1));
+    field("baseline_ops_per_s", json_number(r.base_ops_per_s, 0));
+    field("ratio", json_number(r.ratio(), 3));
+    field("pair_ratio_median", json_number(r.pair_ratio_median(), 3));
+    std::string arr = "[";
+    for (std::size_t i = 0; i < r.pair_ratios.size(); ++i) {
+      if (i > 0) arr += ',';
+      arr += json_number(r.pair_ratios[i], 3);
+    }
+    arr += ']';
+    field("pair_ratios", arr);
+  }
+  for (const auto& [key, value] : r.extra) field(key, value);
+  s += '}';
+  return s;
+}
+
+/// Nanoseconds in a short readable form: "3.2 ns", "18.4 us", "1.20 ms".
+inline std::string human_ns(double ns) {
+  if (!std::isfinite(ns)) return "-";
+  if (ns < 1e3) return fmt::format("{:.1f} ns", ns);
+  if (ns < 1e6) return fmt::format("{:.2f} us", ns / 1e3);
+  return fmt::format("{:.2f} ms", ns / 1e6);
+}
+
+inline std::string human_rate(double per_s) {
+  if (per_s >= 1e6) return fmt::format("{:.2f} M/s", per_s / 1e6);
+  if (per_s >= 1e3) return fmt::format("{:.1f} k/s", per_s / 1e3);
+  return fmt::format("{:.0f} /s", per_s);
+}
+
+/// Prints one result as a block of the readable report.
+inline void print_table(const result& r, std::FILE* out = stdout) {
+  fmt::print(out, "\n{} / {}  (one op = {}, {} samples)\n", r.bench, r.name, r.op, r.measured.count);
+  fmt::print(out, "  {:<28} {:>11} {:>11} {:>11} {:>12}\n", "", "p50", "p99", "p99.9", "throughput");
+  fmt::print(out, "  {:<28} {:>11} {:>11} {:>11} {:>12}\n", r.name, human_ns(r.measured.p50), human_ns(r.measured.p99),
+             human_ns(r.measured.p999), human_rate(r.ops_per_s));
+  if (!r.baseline.empty()) {
+    fmt::print(out, "  {:<28} {:>11} {:>11} {:>11} {:>12}\n", r.baseline, human_ns(r.base.p50), human_ns(r.base.p99),
+               human_ns(r.base.p999), human_rate(r.base_ops_per_s));
+    std::string pairs;
+    for (double v : r.pair_ratios) pairs += fmt::format(" {:.2f}", v);
+    fmt::print(out, "  ratio p50 {:.3f}   per-pair ratios:{}   median {:.3f}\n", r.ratio(), pairs,
+               r.pair_ratio_median());
+  }
+  for (const auto& [key, value] : r.extra) fmt::print(out, "  {}: {}\n", key, value);
+}
+
+/// Prints in the format chosen on the command line, and flushes (the
+/// benches fork: nothing may sit in a buffer a child would inherit).
+inline void report(const result& r, bool json) {
+  if (json) fmt::print("{}\n", to_json(r));
+  else print_table(r);
+  std::fflush(stdout);
+}
+
+// ---- command line -------------------------------------------------------------
+
+struct options {
+  bool json = false;
+  bool quick = false;
+  std::string only;  ///< --case NAME; empty: every case
+};
+
+/// Parses --json, --quick, --case NAME (or --case=NAME), --samples PREFIX,
+/// --help. Exits on --help (0) and on an unknown argument (2).
+inline options parse_options(int argc, char** argv, const std::vector<std::string>& cases, std::string_view usage_name) {
+  options o;
+  auto usage = [&](std::FILE* to) {
+    fmt::print(to, "usage: {} [--json] [--quick] [--case NAME] [--samples PREFIX]\n", usage_name);
+    fmt::print(to, "  --samples PREFIX  also write every sample to PREFIX<case>[.baseline].txt\ncases:");
+    for (const auto& c : cases) fmt::print(to, " {}", c);
+    fmt::print(to, "\n");
+  };
+  for (int i = 1; i < argc; ++i) {
+    const std::string_view a = argv[i];
+    if (a == "--json") {
+      o.json = true;
+    } else if (a == "--quick") {
+      o.quick = true;
+    } else if (a == "--case" && i + 1 < argc) {
+      o.only = argv[++i];
+    } else if (a.rfind("--case=", 0) == 0) {
+      o.only = std::string(a.substr(7));
+    } else if (a == "--samples" && i + 1 < argc) {
+      samples_prefix() = argv[++i];
+    } else if (a == "--help" || a == "-h") {
+      usage(stdout);
+      std::exit(0);
+    } else {
+      fmt::print(stderr, "unknown argument: {}\n", a);
+      usage(stderr);
+      std::exit(2);
+    }
+  }
+  if (!o.only.empty() && std::find(cases.begin(), cases.end(), o.only) == cases.end()) {
+    fmt::print(stderr, "unknown case: {}\n", o.only);
+    usage(stderr);
+    std::exit(2);
+  }
+  return o;
+}
+
+}  // namespace shmbus::bench
