@@ -1,0 +1,401 @@
+#include "ring/ring.hpp"
+
+#include <shmbus/error.hpp>
+
+#include <fmt/format.h>
+#include <sys/random.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <bit>
+#include <chrono>
+#include <cstring>
+
+namespace shmbus::detail {
+namespace {
+
+static_assert(std::endian::native == std::endian::little, "the channel layout is little-endian");
+static_assert(std::atomic_ref<std::uint64_t>::is_always_lock_free);
+
+constexpr std::uint64_t unknown_sequence = ~std::uint64_t{0};
+
+template <class T>
+std::atomic_ref<T> shared(T& word) noexcept {
+  return std::atomic_ref<T>(word);
+}
+
+/// One 16-byte compare-and-swap of the claim word {position, sequence}.
+/// cmpxchg16b is lock-free and works across processes (built with -mcx16).
+bool cas_claim_word(layout::channel_header& h, std::uint64_t& position, std::uint64_t& sequence,
+                    std::uint64_t new_position, std::uint64_t new_sequence) noexcept {
+  __extension__ typedef unsigned __int128 u128;  // a GNU extension, hence the marker
+  const u128 expected = (static_cast<u128>(sequence) << 64) | position;
+  const u128 desired = (static_cast<u128>(new_sequence) << 64) | new_position;
+  auto* word = reinterpret_cast<u128*>(&h.tail_position);
+  const u128 previous = __sync_val_compare_and_swap(word, expected, desired);  // full barrier
+  if (previous == expected) return true;
+  position = static_cast<std::uint64_t>(previous);
+  sequence = static_cast<std::uint64_t>(previous >> 64);
+  return false;
+}
+
+[[noreturn]] void corrupt(std::string_view object, std::string_view what) {
+  throw error(errc::region_corrupt, "open channel", object, what);
+}
+
+std::uint64_t random_salt() {
+  std::uint64_t salt = 0;
+  while (salt == 0) {
+    if (::getrandom(&salt, sizeof salt, 0) != static_cast<ssize_t>(sizeof salt))
+      salt = static_cast<std::uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count()) * 0x9e3779b97f4a7c15ull;
+  }
+  return salt;
+}
+
+std::uint64_t page_round(std::uint64_t n) {
+  const auto page = static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
+  return (n + page - 1) / page * page;
+}
+
+struct geometry {
+  std::uint64_t publisher_offset;
+  std::uint64_t subscriber_offset;
+  std::uint64_t ring_offset;
+  std::uint64_t region_size;
+};
+
+geometry compute_geometry(std::uint64_t capacity, std::uint32_t publishers, std::uint32_t subscribers) {
+  geometry g{};
+  g.publisher_offset = layout::header_size;
+  g.subscriber_offset = g.publisher_offset + std::uint64_t{publishers} * layout::publisher_slot_size;
+  g.ring_offset = page_round(g.subscriber_offset + std::uint64_t{subscribers} * layout::subscriber_slot_size);
+  g.region_size = g.ring_offset + capacity;
+  return g;
+}
+
+}  // namespace
+
+std::size_t ring_region_size(const ring_options& o, std::string_view object) {
+  auto bad = [&](std::string detail) { throw error(errc::bad_size, "create channel", object, detail); };
+  if (o.capacity < layout::min_capacity || o.capacity > layout::max_capacity || !std::has_single_bit(o.capacity))
+    bad(fmt::format("ring capacity {} is not a power of two in [{}, 2^40]", o.capacity, layout::min_capacity));
+  if (o.capacity % static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE)) != 0)
+    bad(fmt::format("ring capacity {} is not a multiple of the page size", o.capacity));
+  // A frame must fit in a quarter of the ring, so that a padding frame and a
+  // message always fit together and several messages are in flight at once.
+  if (o.max_message == 0 || layout::frame_size(o.max_message) > o.capacity / 4)
+    bad(fmt::format("max message {} B does not fit a quarter of a {} B ring", o.max_message, o.capacity));
+  if (o.publisher_slots == 0 || o.publisher_slots > layout::max_publishers)
+    bad(fmt::format("{} publisher slots (1..{})", o.publisher_slots, layout::max_publishers));
+  if (o.subscriber_slots == 0 || o.subscriber_slots > layout::max_subscribers)
+    bad(fmt::format("{} subscriber slots (1..{})", o.subscriber_slots, layout::max_subscribers));
+  if (o.policy != layout::policy_block && o.policy != layout::policy_overwrite)
+    bad(fmt::format("unknown policy {}", o.policy));
+  return compute_geometry(o.capacity, o.publisher_slots, o.subscriber_slots).region_size;
+}
+
+void ring_initialize(std::span<std::byte> region, const ring_options& o, std::string_view object) {
+  const std::size_t size = ring_region_size(o, object);
+  if (region.size() < size)
+    throw error(errc::bad_size, "create channel", object,
+                fmt::format("region of {} B, the channel needs {} B", region.size(), size));
+  const geometry g = compute_geometry(o.capacity, o.publisher_slots, o.subscriber_slots);
+  auto& h = *reinterpret_cast<layout::channel_header*>(region.data());
+  h.version = layout::channel_version;
+  h.kind = layout::kind_channel;
+  h.region_size = g.region_size;
+  h.ring_offset = g.ring_offset;
+  h.ring_capacity = o.capacity;
+  h.max_message = o.max_message;
+  h.policy = o.policy;
+  h.publisher_slots = o.publisher_slots;
+  h.subscriber_slots = o.subscriber_slots;
+  h.publisher_slot_offset = static_cast<std::uint32_t>(g.publisher_offset);
+  h.subscriber_slot_offset = static_cast<std::uint32_t>(g.subscriber_offset);
+  h.type_size = o.type.size;
+  h.type_align = o.type.align;
+  h.type_hash = o.type.hash;
+  std::memset(h.type_name, 0, sizeof h.type_name);
+  std::memcpy(h.type_name, o.type.name.data(), std::min(o.type.name.size(), sizeof h.type_name - 1));
+  h.commit_salt = random_salt();
+  h.created_ns = static_cast<std::uint64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::system_clock::now().time_since_epoch())
+          .count());
+  h.creator_pid = static_cast<std::uint32_t>(::getpid());
+  auto* publishers = reinterpret_cast<layout::publisher_slot*>(region.data() + g.publisher_offset);
+  for (std::uint32_t i = 0; i < o.publisher_slots; ++i) publishers[i].intent_position = ~std::uint64_t{0};
+  // release: every field above is visible to whoever acquires the magic.
+  shared(h.magic).store(layout::channel_magic, std::memory_order_release);
+}
+
+ring ring::attach(std::span<std::byte> region, std::string_view object, const type_fingerprint* expected) {
+  if (region.size() < layout::header_size)
+    corrupt(object, fmt::format("{} B is smaller than a channel header", region.size()));
+  auto& h = *reinterpret_cast<layout::channel_header*>(region.data());
+  // acquire: pairs with the creator's release of the magic.
+  const std::uint64_t magic = shared(h.magic).load(std::memory_order_acquire);
+  if (magic != layout::channel_magic) corrupt(object, "not a shmbus channel (bad magic, or not initialised yet)");
+  if (h.version != layout::channel_version)
+    throw error(errc::version_mismatch, "open channel", object,
+                fmt::format("layout version {}, this library reads {}", h.version, layout::channel_version));
+  if (h.kind != layout::kind_channel) corrupt(object, fmt::format("region kind {} is not a channel", h.kind));
+
+  // Copy the geometry once, check it is self-consistent and fits the
+  // mapping, and use only the copies from here on.
+  const std::uint64_t capacity = h.ring_capacity;
+  const std::uint32_t publishers = h.publisher_slots;
+  const std::uint32_t subscribers = h.subscriber_slots;
+  const std::uint32_t max_message = h.max_message;
+  const std::uint32_t policy = h.policy;
+  if (capacity < layout::min_capacity || capacity > layout::max_capacity || !std::has_single_bit(capacity))
+    corrupt(object, fmt::format("ring capacity {}", capacity));
+  if (publishers == 0 || publishers > layout::max_publishers || subscribers == 0 ||
+      subscribers > layout::max_subscribers)
+    corrupt(object, fmt::format("slot counts {} / {}", publishers, subscribers));
+  if (max_message == 0 || layout::frame_size(max_message) > capacity / 4)
+    corrupt(object, fmt::format("max message {} for a ring of {}", max_message, capacity));
+  if (policy != layout::policy_block && policy != layout::policy_overwrite)
+    corrupt(object, fmt::format("policy {}", policy));
+  const geometry g = compute_geometry(capacity, publishers, subscribers);
+  if (h.publisher_slot_offset != g.publisher_offset || h.subscriber_slot_offset != g.subscriber_offset ||
+      h.ring_offset != g.ring_offset || h.region_size != g.region_size)
+    corrupt(object, "offsets disagree with the slot counts and capacity");
+  if (g.region_size > region.size())
+    corrupt(object, fmt::format("header says {} B, the object has {} B (truncated?)", g.region_size, region.size()));
+  if (h.commit_salt == 0) corrupt(object, "commit salt is zero");
+
+  if (expected != nullptr) {
+    const std::string_view stored(h.type_name, strnlen(h.type_name, sizeof h.type_name));
+    if (h.type_size != expected->size || h.type_align != expected->align || h.type_hash != expected->hash)
+      throw error(errc::type_mismatch, "open channel", object,
+                  fmt::format("channel carries '{}' (size {}, align {}), expected '{}' (size {}, align {})", stored,
+                              h.type_size, h.type_align, expected->name, expected->size, expected->align));
+  }
+
+  ring r;
+  r.m_header = &h;
+  r.m_publishers = reinterpret_cast<layout::publisher_slot*>(region.data() + g.publisher_offset);
+  r.m_subscribers = reinterpret_cast<layout::subscriber_slot*>(region.data() + g.subscriber_offset);
+  r.m_ring = region.data() + g.ring_offset;
+  r.m_capacity = capacity;
+  r.m_mask = capacity - 1;
+  r.m_salt = h.commit_salt;
+  r.m_max_message = max_message;
+  r.m_policy = policy;
+  r.m_publisher_slots = publishers;
+  r.m_subscriber_slots = subscribers;
+  return r;
+}
+
+std::uint64_t ring::tail_position() const noexcept {
+  return shared(m_header->tail_position).load(std::memory_order_acquire);
+}
+
+std::uint64_t ring::tail_sequence() const noexcept {
+  return shared(m_header->tail_sequence).load(std::memory_order_acquire);
+}
+
+std::uint64_t ring::slowest_subscriber() noexcept {
+  const std::uint64_t active = shared(m_header->active_subscribers).load(std::memory_order_acquire);
+  std::uint64_t slowest = tail_position();
+  for (std::uint64_t bits = active; bits != 0; bits &= bits - 1) {
+    const auto i = static_cast<std::uint32_t>(std::countr_zero(bits));
+    if (i >= m_subscriber_slots) break;  // a stray bit in shared memory: ignore it
+    const std::uint64_t p = shared(m_subscribers[i].position).load(std::memory_order_acquire);
+    if (p < slowest) slowest = p;
+  }
+  m_active_cache = active;
+  return slowest;
+}
+
+namespace {
+
+template <class Slot>
+bool take_slot(Slot& slot, std::int32_t pid, std::uint64_t start_time) noexcept {
+  std::uint32_t expected = layout::slot_free;
+  if (!shared(slot.state).compare_exchange_strong(expected, layout::slot_active, std::memory_order_acq_rel))
+    return false;
+  shared(slot.generation).fetch_add(1, std::memory_order_relaxed);
+  shared(slot.pid).store(pid, std::memory_order_relaxed);
+  shared(slot.start_time).store(start_time, std::memory_order_relaxed);
+  return true;
+}
+
+}  // namespace
+
+int ring::register_publisher(std::int32_t pid, std::uint64_t start_time) noexcept {
+  for (std::uint32_t i = 0; i < m_publisher_slots; ++i) {
+    if (take_slot(m_publishers[i], pid, start_time)) {
+      shared(m_publishers[i].intent_position).store(~std::uint64_t{0}, std::memory_order_release);
+      return static_cast<int>(i);
+    }
+  }
+  return -1;
+}
+
+void ring::unregister_publisher(std::uint32_t index) noexcept {
+  shared(m_publishers[index].state).store(layout::slot_free, std::memory_order_release);
+}
+
+int ring::register_subscriber(std::int32_t pid, std::uint64_t start_time, bool from_oldest,
+                              ring_cursor& cursor) noexcept {
+  for (std::uint32_t i = 0; i < m_subscriber_slots; ++i) {
+    layout::subscriber_slot& slot = m_subscribers[i];
+    if (!take_slot(slot, pid, start_time)) continue;
+    cursor = from_oldest ? oldest() : newest();
+    publish_position(i, cursor);
+    // seq_cst: either a publisher's next claim sees this bit and respects
+    // our position, or its claim precedes our second read of the tail below
+    // and then lies entirely ahead of where we start reading.
+    shared(m_header->active_subscribers).fetch_or(std::uint64_t{1} << i, std::memory_order_seq_cst);
+    if (!from_oldest) {
+      cursor = newest();
+      publish_position(i, cursor);
+    }
+    return static_cast<int>(i);
+  }
+  return -1;
+}
+
+void ring::unregister_subscriber(std::uint32_t index) noexcept {
+  shared(m_header->active_subscribers).fetch_and(~(std::uint64_t{1} << index), std::memory_order_seq_cst);
+  shared(m_subscribers[index].state).store(layout::slot_free, std::memory_order_release);
+}
+
+void ring::publish_position(std::uint32_t index, const ring_cursor& cursor) noexcept {
+  layout::subscriber_slot& slot = m_subscribers[index];
+  shared(slot.sequence).store(cursor.sequence, std::memory_order_relaxed);
+  // release: publishers that acquire the position may reuse the bytes before it.
+  shared(slot.position).store(cursor.position, std::memory_order_release);
+}
+
+void ring::write_frame_header(std::uint64_t position, std::uint32_t length, std::uint16_t type,
+                              std::uint64_t sequence, std::uint32_t publisher_index) noexcept {
+  layout::frame_header& f = frame_at(position);
+  f.length = length;
+  f.type = type;
+  f.publisher = static_cast<std::uint16_t>(publisher_index);
+  f.sequence = sequence;
+}
+
+void ring::store_commit(std::uint64_t position) noexcept {
+  // release: the header fields and payload written before are visible to a
+  // reader that acquires this value.
+  shared(frame_at(position).commit).store(position ^ m_salt, std::memory_order_release);
+}
+
+std::uint64_t ring::load_commit(std::uint64_t position) const noexcept {
+  return shared(frame_at(position).commit).load(std::memory_order_acquire);
+}
+
+claim_status ring::try_claim(std::uint32_t length, std::uint32_t publisher_index, claim& out) noexcept {
+  if (length > m_max_message) return claim_status::too_large;
+  const std::uint64_t frame_bytes = layout::frame_size(length);
+  layout::publisher_slot& me = m_publishers[publisher_index];
+  std::uint64_t position = shared(m_header->tail_position).load(std::memory_order_acquire);
+  std::uint64_t sequence = shared(m_header->tail_sequence).load(std::memory_order_acquire);
+  for (;;) {
+    const std::uint64_t room = m_capacity - (position & m_mask);
+    const std::uint64_t need = frame_bytes <= room ? frame_bytes : room + frame_bytes;
+    if (m_policy == layout::policy_block) {
+      // A subscriber joining (or leaving) changes the mask: recompute then;
+      // otherwise only when the cached limit is in the way.
+      const std::uint64_t active = shared(m_header->active_subscribers).load(std::memory_order_acquire);
+      if (active != m_active_cache || position + need > m_limit_cache) {
+        m_limit_cache = slowest_subscriber() + m_capacity;
+        if (position + need > m_limit_cache) return claim_status::would_block;
+      }
+    }
+    // The intent lets a repairer find the length of a claim whose writer
+    // died before writing a header. Ordered before the claim by the CAS.
+    shared(me.intent_length).store(need, std::memory_order_relaxed);
+    shared(me.intent_position).store(position, std::memory_order_relaxed);
+    if (cas_claim_word(*m_header, position, sequence, position + need, sequence + 1)) break;
+  }
+  const std::uint64_t room = m_capacity - (position & m_mask);
+  out.claim_position = position;
+  out.frame_position = frame_bytes <= room ? position : position + room;
+  out.sequence = sequence;
+  out.length = length;
+  out.payload = m_ring + (out.frame_position & m_mask) + layout::frame_header_size;
+  return claim_status::ok;
+}
+
+void ring::commit(const claim& c, std::uint32_t publisher_index) noexcept {
+  if (c.frame_position != c.claim_position) {
+    const std::uint64_t padding = c.frame_position - c.claim_position;
+    write_frame_header(c.claim_position, static_cast<std::uint32_t>(padding - layout::frame_header_size),
+                       layout::frame_padding, c.sequence, publisher_index);
+    store_commit(c.claim_position);
+  }
+  write_frame_header(c.frame_position, c.length, layout::frame_data, c.sequence, publisher_index);
+  store_commit(c.frame_position);
+  layout::publisher_slot& me = m_publishers[publisher_index];
+  shared(me.intent_position).store(~std::uint64_t{0}, std::memory_order_release);
+  shared(me.published).fetch_add(1, std::memory_order_relaxed);
+}
+
+read_status ring::try_read(ring_cursor& cursor, frame& out, std::uint64_t& missed) const noexcept {
+  missed = 0;
+  // Each turn consumes a padding frame or resynchronises after a lap; a
+  // well-formed ring needs at most a few. The bound keeps a hostile writer
+  // from holding a reader here forever.
+  for (int turn = 0; turn < 8; ++turn) {
+    const std::uint64_t p = cursor.position;
+    if ((p & (layout::frame_alignment - 1)) != 0) return read_status::corrupt;
+    const std::uint64_t commit = load_commit(p);
+    if (commit != (p ^ m_salt)) {
+      const std::uint64_t tail = tail_position();
+      if (p >= tail) return read_status::empty;
+      if (tail - p <= m_capacity) return read_status::empty;  // claimed, not yet committed
+      // Overwritten: resume at the oldest lap boundary still in the ring;
+      // frames never straddle one. cursor.sequence still says what we
+      // expected, so the next delivered frame reports what was missed.
+      cursor.position = ((tail - m_capacity) + m_mask) & ~m_mask;
+      continue;
+    }
+    const layout::frame_header& f = frame_at(p);
+    const std::uint32_t length = f.length;
+    const std::uint16_t type = f.type;
+    const std::uint64_t sequence = f.sequence;
+    const std::uint64_t offset = p & m_mask;
+    const std::uint64_t size = layout::frame_size(length);
+    // Fields read after the acquire; under the overwrite policy they may
+    // already belong to a newer lap, which the second commit check detects.
+    if (load_commit(p) != commit) continue;
+    if (type == layout::frame_padding) {
+      if (offset + layout::frame_header_size + length != m_capacity) return read_status::corrupt;
+      cursor.position = p + (m_capacity - offset);
+      continue;
+    }
+    if (type != layout::frame_data || length > m_max_message || offset + size > m_capacity)
+      return read_status::corrupt;
+    out.payload = {m_ring + offset + layout::frame_header_size, length};
+    out.position = p;
+    out.sequence = sequence;
+    out.next_position = p + size;
+    if (cursor.sequence != unknown_sequence && sequence > cursor.sequence) missed = sequence - cursor.sequence;
+    return read_status::ok;
+  }
+  return read_status::empty;
+}
+
+bool ring::still_valid(const frame& f) const noexcept { return load_commit(f.position) == (f.position ^ m_salt); }
+
+ring_cursor ring::newest() const noexcept {
+  // The two halves are read separately; position only grows, so reading it
+  // again unchanged proves the pair was consistent.
+  for (;;) {
+    const std::uint64_t p = tail_position();
+    const std::uint64_t s = tail_sequence();
+    if (tail_position() == p) return {p, s};
+  }
+}
+
+ring_cursor ring::oldest() const noexcept {
+  const ring_cursor tail = newest();
+  if (tail.position <= m_capacity) return {0, 0};
+  return {((tail.position - m_capacity) + m_mask) & ~m_mask, unknown_sequence};
+}
+
+}  // namespace shmbus::detail

@@ -1,0 +1,347 @@
+// The frame protocol inside a channel region, driven directly: one process,
+// real shared memory (an anonymous shared mapping), and threads for the
+// concurrent cases (run under ThreadSanitizer in CI).
+#include <shmbus/region.hpp>
+
+#include "ring/ring.hpp"
+
+#include <catch2/catch.hpp>
+
+#include <unistd.h>
+
+#include <array>
+#include <atomic>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+using shmbus::detail::claim_status;
+using shmbus::detail::read_status;
+using shmbus::detail::ring;
+using shmbus::detail::ring_cursor;
+using shmbus::detail::ring_options;
+namespace layout = shmbus::detail::layout;
+
+namespace {
+
+struct test_channel {
+  shmbus::region region;
+  ring view;
+
+  explicit test_channel(ring_options options) {
+    region = shmbus::region::create_anonymous(shmbus::detail::ring_region_size(options, "test"));
+    shmbus::detail::ring_initialize(region.bytes(), options, "test");
+    view = ring::attach(region.bytes(), "test", nullptr);
+  }
+};
+
+ring_options small_ring(std::uint32_t policy = layout::policy_block) {
+  ring_options o;
+  o.capacity = 4096;
+  o.max_message = 256;
+  o.policy = policy;
+  o.publisher_slots = 4;
+  o.subscriber_slots = 4;
+  return o;
+}
+
+/// Publishes `text` through publisher slot `pub`; returns the claim status.
+claim_status publish(ring& r, std::uint32_t pub, std::string_view text) {
+  ring::claim c;
+  const auto status = r.try_claim(static_cast<std::uint32_t>(text.size()), pub, c);
+  if (status != claim_status::ok) return status;
+  std::memcpy(c.payload, text.data(), text.size());
+  r.commit(c, pub);
+  return status;
+}
+
+/// Reads the next message into `text`.
+read_status receive(ring& r, ring_cursor& cursor, std::string& text, std::uint64_t* missed = nullptr) {
+  ring::frame f;
+  std::uint64_t m = 0;
+  const auto status = r.try_read(cursor, f, m);
+  if (status != read_status::ok) return status;
+  text.assign(reinterpret_cast<const char*>(f.payload.data()), f.payload.size());
+  if (missed) *missed = m;
+  ring::advance(cursor, f);
+  return status;
+}
+
+std::string message(int i, std::size_t size) {
+  std::string s(size, '\0');
+  for (std::size_t k = 0; k < size; ++k) s[k] = static_cast<char>('a' + (i + static_cast<int>(k)) % 26);
+  return s;
+}
+
+}  // namespace
+
+TEST_CASE("messages of every length from 0 to the maximum go round the ring in order", "[ring]") {
+  test_channel ch(small_ring());
+  ring& r = ch.view;
+  const int pub = r.register_publisher(::getpid(), 1);
+  REQUIRE(pub >= 0);
+  ring_cursor cursor;
+  const int sub = r.register_subscriber(::getpid(), 1, false, cursor);
+  REQUIRE(sub >= 0);
+
+  // 257 lengths, 4 KiB ring: wraps many times, with padding frames.
+  for (int lap = 0; lap < 3; ++lap) {
+    for (std::uint32_t len = 0; len <= r.max_message(); ++len) {
+      const std::string sent = message(static_cast<int>(len), len);
+      REQUIRE(publish(r, static_cast<std::uint32_t>(pub), sent) == claim_status::ok);
+      std::string got;
+      REQUIRE(receive(r, cursor, got) == read_status::ok);
+      REQUIRE(got == sent);
+      r.publish_position(static_cast<std::uint32_t>(sub), cursor);
+    }
+  }
+  std::string none;
+  CHECK(receive(r, cursor, none) == read_status::empty);
+  CHECK(cursor.sequence == 3 * 257);
+}
+
+TEST_CASE("a message one byte over the maximum is refused", "[ring]") {
+  test_channel ch(small_ring());
+  const int pub = ch.view.register_publisher(::getpid(), 1);
+  ring::claim c;
+  CHECK(ch.view.try_claim(ch.view.max_message() + 1, static_cast<std::uint32_t>(pub), c) == claim_status::too_large);
+  CHECK(ch.view.try_claim(ch.view.max_message(), static_cast<std::uint32_t>(pub), c) == claim_status::ok);
+}
+
+TEST_CASE("block policy: a full ring refuses until the slowest subscriber reads", "[ring]") {
+  test_channel ch(small_ring(layout::policy_block));
+  ring& r = ch.view;
+  const auto pub = static_cast<std::uint32_t>(r.register_publisher(::getpid(), 1));
+  ring_cursor fast;
+  ring_cursor slow;
+  const auto fast_slot = static_cast<std::uint32_t>(r.register_subscriber(::getpid(), 1, false, fast));
+  const auto slow_slot = static_cast<std::uint32_t>(r.register_subscriber(::getpid(), 1, false, slow));
+
+  int sent = 0;
+  while (publish(r, pub, message(sent, 100)) == claim_status::ok) ++sent;
+  CHECK(sent == 4096 / 160);  // 100 B payload -> 160 B frames
+  std::string got;
+  for (int i = 0; i < sent; ++i) {
+    REQUIRE(receive(r, fast, got) == read_status::ok);
+    r.publish_position(fast_slot, fast);
+  }
+  CHECK(publish(r, pub, message(0, 100)) == claim_status::would_block);  // the slow one holds it
+  REQUIRE(receive(r, slow, got) == read_status::ok);
+  CHECK(got == message(0, 100));
+  r.publish_position(slow_slot, slow);
+  CHECK(publish(r, pub, message(sent, 100)) == claim_status::ok);
+  // Nothing was lost for the slow subscriber.
+  for (int i = 1; i <= sent; ++i) {
+    REQUIRE(receive(r, slow, got) == read_status::ok);
+    CHECK(got == message(i, 100));
+  }
+}
+
+TEST_CASE("overwrite policy: a slow subscriber learns exactly how many it missed", "[ring]") {
+  test_channel ch(small_ring(layout::policy_overwrite));
+  ring& r = ch.view;
+  const auto pub = static_cast<std::uint32_t>(r.register_publisher(::getpid(), 1));
+  ring_cursor slow;
+  r.register_subscriber(::getpid(), 1, false, slow);
+
+  // Frames of 64 B (32 B payload): 64 fit in the ring. Publish 1000.
+  for (int i = 0; i < 1000; ++i) REQUIRE(publish(r, pub, message(i, 32)) == claim_status::ok);
+  std::uint64_t received = 0;
+  std::uint64_t missed_total = 0;
+  std::string got;
+  std::uint64_t missed = 0;
+  while (receive(r, slow, got, &missed) == read_status::ok) {
+    missed_total += missed;
+    const std::uint64_t index = slow.sequence - 1;  // the frame just read
+    CHECK(got == message(static_cast<int>(index), 32));
+    ++received;
+  }
+  CHECK(missed_total > 0);
+  CHECK(received + missed_total == 1000);
+  // The tail is at 64,000: the 64 newest frames are in the ring, but a
+  // lagging reader resumes at the lap boundary 61,440 (frames never straddle
+  // one), so it receives the 40 frames from there and misses 960.
+  CHECK(received == 40);
+}
+
+TEST_CASE("a subscriber may start at the oldest message still in the ring", "[ring]") {
+  test_channel ch(small_ring(layout::policy_overwrite));
+  ring& r = ch.view;
+  const auto pub = static_cast<std::uint32_t>(r.register_publisher(::getpid(), 1));
+  for (int i = 0; i < 10; ++i) REQUIRE(publish(r, pub, message(i, 32)) == claim_status::ok);
+  ring_cursor late;
+  r.register_subscriber(::getpid(), 1, true, late);
+  std::string got;
+  REQUIRE(receive(r, late, got) == read_status::ok);
+  CHECK(got == message(0, 32));
+  ring_cursor newest;
+  r.register_subscriber(::getpid(), 1, false, newest);
+  CHECK(receive(r, newest, got) == read_status::empty);
+}
+
+TEST_CASE("opening checks the header and reports what is wrong", "[ring]") {
+  test_channel ch(small_ring());
+  auto& h = ch.view.header();
+  auto expect = [&](shmbus::errc code, std::string_view fragment) {
+    try {
+      (void)ring::attach(ch.region.bytes(), "ticks", nullptr);
+      FAIL("attach succeeded");
+    } catch (const shmbus::error& e) {
+      CHECK(e.code() == code);
+      CHECK(std::string(e.what()).find("ticks") != std::string::npos);
+      CHECK(std::string(e.what()).find(fragment) != std::string::npos);
+    }
+  };
+  SECTION("magic") {
+    h.magic = 42;
+    expect(shmbus::errc::region_corrupt, "magic");
+  }
+  SECTION("version") {
+    h.version = 99;
+    expect(shmbus::errc::version_mismatch, "99");
+  }
+  SECTION("capacity not a power of two") {
+    h.ring_capacity = 5000;
+    expect(shmbus::errc::region_corrupt, "capacity");
+  }
+  SECTION("slot counts") {
+    h.subscriber_slots = 1000;
+    expect(shmbus::errc::region_corrupt, "slot");
+  }
+  SECTION("offsets") {
+    h.ring_offset += 4096;
+    expect(shmbus::errc::region_corrupt, "offsets");
+  }
+  SECTION("max message larger than the ring allows") {
+    h.max_message = 1u << 30;
+    expect(shmbus::errc::region_corrupt, "max message");
+  }
+  SECTION("truncated region") {
+    try {
+      (void)ring::attach(ch.region.bytes().first(ch.region.size() - 4096), "ticks", nullptr);
+      FAIL("attach succeeded");
+    } catch (const shmbus::error& e) {
+      CHECK(e.code() == shmbus::errc::region_corrupt);
+      CHECK(std::string(e.what()).find("truncated") != std::string::npos);
+    }
+  }
+}
+
+TEST_CASE("opening with another payload type is a type mismatch", "[ring]") {
+  ring_options o = small_ring();
+  o.type = {8, 8, shmbus::detail::fnv1a_64("tick"), "tick"};
+  test_channel ch(o);
+  const shmbus::detail::type_fingerprint same{8, 8, shmbus::detail::fnv1a_64("tick"), "tick"};
+  const shmbus::detail::type_fingerprint other{16, 8, shmbus::detail::fnv1a_64("order"), "order"};
+  CHECK_NOTHROW(ring::attach(ch.region.bytes(), "ticks", &same));
+  try {
+    (void)ring::attach(ch.region.bytes(), "ticks", &other);
+    FAIL("attach succeeded");
+  } catch (const shmbus::error& e) {
+    CHECK(e.code() == shmbus::errc::type_mismatch);
+    CHECK(std::string(e.what()).find("'tick'") != std::string::npos);
+  }
+}
+
+TEST_CASE("a committed frame with an out-of-range length is reported, not read", "[ring]") {
+  test_channel ch(small_ring());
+  ring& r = ch.view;
+  const auto pub = static_cast<std::uint32_t>(r.register_publisher(::getpid(), 1));
+  ring_cursor cursor;
+  r.register_subscriber(::getpid(), 1, false, cursor);
+  REQUIRE(publish(r, pub, "hello") == claim_status::ok);
+  auto* frame = reinterpret_cast<layout::frame_header*>(ch.region.data() + r.header().ring_offset);
+  ring::frame f;
+  std::uint64_t missed = 0;
+  SECTION("longer than the maximum") {
+    frame->length = 0x7fffffff;
+    CHECK(r.try_read(cursor, f, missed) == read_status::corrupt);
+  }
+  SECTION("unknown type") {
+    frame->type = 77;
+    CHECK(r.try_read(cursor, f, missed) == read_status::corrupt);
+  }
+  SECTION("padding that does not end at the ring's end") {
+    frame->type = layout::frame_padding;
+    CHECK(r.try_read(cursor, f, missed) == read_status::corrupt);
+  }
+}
+
+TEST_CASE("threads: 4 publishers, 2 subscribers, block policy, nothing lost or reordered", "[ring][threads]") {
+  ring_options o = small_ring(layout::policy_block);
+  o.capacity = 1 << 16;
+  test_channel ch(o);
+  ring& shared_view = ch.view;
+  constexpr int publishers = 4;
+  constexpr std::uint64_t per_publisher = 20'000;
+
+  struct record {
+    std::uint32_t publisher;
+    std::uint32_t reserved;
+    std::uint64_t sequence;
+    std::uint64_t checksum;
+  };
+  auto checksum = [](std::uint32_t p, std::uint64_t s) { return (s * 0x9e3779b97f4a7c15ull) ^ p; };
+
+  // Subscribers register first so that block policy protects them.
+  std::array<ring_cursor, 2> cursors;
+  std::array<std::uint32_t, 2> slots{};
+  for (std::size_t i = 0; i < 2; ++i)
+    slots[i] = static_cast<std::uint32_t>(shared_view.register_subscriber(::getpid(), 1, false, cursors[i]));
+
+  std::array<std::uint64_t, 2> bad{};
+  std::vector<std::thread> threads;
+  for (std::size_t i = 0; i < 2; ++i) {
+    threads.emplace_back([&, i] {
+      ring r = ring::attach(ch.region.bytes(), "test", nullptr);  // each thread its own view
+      std::array<std::uint64_t, publishers> next{};
+      std::uint64_t total = 0;
+      while (total < publishers * per_publisher) {
+        ring::frame f;
+        std::uint64_t missed = 0;
+        const auto status = r.try_read(cursors[i], f, missed);
+        if (status == read_status::empty) {
+          std::this_thread::yield();
+          continue;
+        }
+        if (status != read_status::ok || f.payload.size() != sizeof(record) || missed != 0) {
+          ++bad[i];
+          break;
+        }
+        record rec;
+        std::memcpy(&rec, f.payload.data(), sizeof rec);
+        if (rec.publisher >= publishers || rec.sequence != next[rec.publisher] ||
+            rec.checksum != checksum(rec.publisher, rec.sequence))
+          ++bad[i];
+        else
+          ++next[rec.publisher];
+        ring::advance(cursors[i], f);
+        r.publish_position(slots[i], cursors[i]);
+        ++total;
+      }
+    });
+  }
+  for (std::uint32_t p = 0; p < publishers; ++p) {
+    threads.emplace_back([&, p] {
+      ring r = ring::attach(ch.region.bytes(), "test", nullptr);
+      const auto slot = static_cast<std::uint32_t>(r.register_publisher(::getpid(), 1));
+      for (std::uint64_t s = 0; s < per_publisher;) {
+        ring::claim c;
+        const auto status = r.try_claim(sizeof(record), slot, c);
+        if (status == claim_status::would_block) {
+          std::this_thread::yield();
+          continue;
+        }
+        const record rec{p, 0, s, checksum(p, s)};
+        std::memcpy(c.payload, &rec, sizeof rec);
+        r.commit(c, slot);
+        ++s;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  CHECK(bad == std::array<std::uint64_t, 2>{0, 0});
+  CHECK(cursors[0].sequence == publishers * per_publisher);
+  CHECK(cursors[1].sequence == publishers * per_publisher);
+}
