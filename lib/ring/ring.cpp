@@ -9,7 +9,9 @@
 #include <atomic>
 #include <bit>
 #include <chrono>
+#include <cstddef>
 #include <cstring>
+#include <ctime>
 
 namespace shmbus::detail {
 namespace {
@@ -162,7 +164,8 @@ ring ring::attach(std::span<std::byte> region, std::string_view object, const ty
     corrupt(object, "offsets disagree with the slot counts and capacity");
   if (g.region_size > region.size())
     corrupt(object, fmt::format("header says {} B, the object has {} B (truncated?)", g.region_size, region.size()));
-  if (h.commit_salt == 0) corrupt(object, "commit salt is zero");
+  const std::uint64_t salt = h.commit_salt;
+  if (salt == 0) corrupt(object, "commit salt is zero");
 
   if (expected != nullptr) {
     const std::string_view stored(h.type_name, strnlen(h.type_name, sizeof h.type_name));
@@ -179,7 +182,7 @@ ring ring::attach(std::span<std::byte> region, std::string_view object, const ty
   r.m_ring = region.data() + g.ring_offset;
   r.m_capacity = capacity;
   r.m_mask = capacity - 1;
-  r.m_salt = h.commit_salt;
+  r.m_salt = salt;
   r.m_max_message = max_message;
   r.m_policy = policy;
   r.m_publisher_slots = publishers;
@@ -210,18 +213,175 @@ std::uint64_t ring::slowest_subscriber() noexcept {
 
 namespace {
 
+// A slot's {state, generation} pair as one 8-byte word (state in the low
+// half: little-endian, state at offset 0, generation at 4).
+template <class Slot>
+std::atomic_ref<std::uint64_t> slot_word(Slot& slot) noexcept {
+  static_assert(offsetof(Slot, state) == 0 && offsetof(Slot, generation) == 4);
+  return std::atomic_ref<std::uint64_t>(*reinterpret_cast<std::uint64_t*>(&slot));
+}
+constexpr std::uint64_t make_word(std::uint32_t state, std::uint32_t generation) noexcept {
+  return (std::uint64_t{generation} << 32) | state;
+}
+constexpr std::uint32_t state_of(std::uint64_t word) noexcept { return static_cast<std::uint32_t>(word); }
+constexpr std::uint32_t generation_of(std::uint64_t word) noexcept { return static_cast<std::uint32_t>(word >> 32); }
+
 template <class Slot>
 bool take_slot(Slot& slot, std::int32_t pid, std::uint64_t start_time) noexcept {
-  std::uint32_t expected = layout::slot_free;
-  if (!shared(slot.state).compare_exchange_strong(expected, layout::slot_active, std::memory_order_acq_rel))
+  std::uint64_t word = slot_word(slot).load(std::memory_order_acquire);
+  if (state_of(word) != layout::slot_free) return false;
+  // Only the CAS winner writes the owner fields. A reclaimer that reads
+  // them before they are written sees the previous owner's identity, which
+  // is dead: the generation check in begin_reclaim keeps it from acting.
+  if (!slot_word(slot).compare_exchange_strong(word, make_word(layout::slot_active, generation_of(word) + 1),
+                                               std::memory_order_acq_rel))
     return false;
-  shared(slot.generation).fetch_add(1, std::memory_order_relaxed);
   shared(slot.pid).store(pid, std::memory_order_relaxed);
-  shared(slot.start_time).store(start_time, std::memory_order_relaxed);
+  shared(slot.start_time).store(start_time, std::memory_order_release);
   return true;
 }
 
+/// Moves a slot of a dead owner from active to reclaiming, naming the
+/// incarnation (generation) that was found dead. Only one caller wins.
+template <class Slot>
+bool begin_reclaim(Slot& slot, ring::liveness_check alive, std::uint64_t& word) noexcept {
+  word = slot_word(slot).load(std::memory_order_acquire);
+  if (state_of(word) != layout::slot_active) return false;
+  const std::int32_t pid = shared(slot.pid).load(std::memory_order_relaxed);
+  const std::uint64_t start = shared(slot.start_time).load(std::memory_order_acquire);
+  if (alive(pid, start)) return false;
+  // The slot may have been freed and taken again since `word` was read: the
+  // generation in the CAS makes sure the one we judged dead is the one we free.
+  if (slot_word(slot).load(std::memory_order_acquire) != word) return false;
+  return slot_word(slot).compare_exchange_strong(word, make_word(layout::slot_reclaiming, generation_of(word)),
+                                                 std::memory_order_acq_rel);
+}
+
+template <class Slot>
+void finish_reclaim(Slot& slot, std::uint64_t word) noexcept {
+  slot_word(slot).store(make_word(layout::slot_free, generation_of(word)), std::memory_order_release);
+}
+
+#if defined(__SANITIZE_THREAD__)
+#define SHMBUS_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define SHMBUS_TSAN 1
+#endif
+#endif
+
+/// Orders the plain reads of a frame before the re-checks that validate
+/// them (the seqlock pattern). ThreadSanitizer does not model fences (g++
+/// refuses them under it); there it is left out, which on x86-64 changes
+/// nothing: loads are not reordered with other loads.
+inline void fence_before_recheck() noexcept {
+#ifndef SHMBUS_TSAN
+  std::atomic_thread_fence(std::memory_order_acquire);
+#endif
+}
+
+std::uint64_t monotonic_ns() noexcept {
+  timespec ts{};
+  ::clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+  return static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000'000u + static_cast<std::uint64_t>(ts.tv_nsec);
+}
+
 }  // namespace
+
+std::uint32_t ring::reclaim_dead_subscribers(liveness_check alive) noexcept {
+  std::uint32_t reclaimed = 0;
+  for (std::uint32_t i = 0; i < m_subscriber_slots; ++i) {
+    std::uint64_t word = 0;
+    if (!begin_reclaim(m_subscribers[i], alive, word)) continue;
+    // While the slot is 'reclaiming' nobody can take it, so clearing its bit
+    // cannot clear the bit of a newer subscriber in the same slot.
+    shared(m_header->active_subscribers).fetch_and(~(std::uint64_t{1} << i), std::memory_order_seq_cst);
+    shared(m_header->parked_subscribers).fetch_and(~(std::uint64_t{1} << i), std::memory_order_seq_cst);
+    finish_reclaim(m_subscribers[i], word);
+    ++reclaimed;
+  }
+  if (reclaimed > 0) m_active_cache = ~std::uint64_t{0};  // force a rescan
+  return reclaimed;
+}
+
+std::uint32_t ring::reclaim_dead_publishers(liveness_check alive) noexcept {
+  std::uint32_t reclaimed = 0;
+  for (std::uint32_t i = 0; i < m_publisher_slots; ++i) {
+    layout::publisher_slot& slot = m_publishers[i];
+    // A claim in progress must be repaired (try_repair) before its intent
+    // may disappear with the slot.
+    if (shared(slot.intent_position).load(std::memory_order_acquire) != ~std::uint64_t{0}) continue;
+    std::uint64_t word = 0;
+    if (!begin_reclaim(slot, alive, word)) continue;
+    shared(m_header->waiting_publishers).fetch_and(~(std::uint64_t{1} << i), std::memory_order_seq_cst);
+    finish_reclaim(slot, word);
+    ++reclaimed;
+  }
+  return reclaimed;
+}
+
+ring::repair_status ring::try_repair(std::uint64_t position, liveness_check alive) noexcept {
+  if ((position & (layout::frame_alignment - 1)) != 0) return repair_status::not_stalled;
+  if (load_commit(position) == (position ^ m_salt)) return repair_status::not_stalled;
+  const std::uint64_t tail = tail_position();
+  if (position >= tail || tail - position > m_capacity) return repair_status::not_stalled;
+
+  // Find the claim: a publisher slot whose intent starts at this position,
+  // or whose padding frame was committed and whose data frame, at the start
+  // of the next lap (this position), was not.
+  std::uint32_t owner = m_publisher_slots;
+  std::uint64_t claim_start = 0;
+  std::uint64_t length = 0;
+  std::uint64_t sequence = 0;
+  int dead_candidates = 0;
+  for (std::uint32_t i = 0; i < m_publisher_slots; ++i) {
+    layout::publisher_slot& slot = m_publishers[i];
+    const std::uint64_t start = shared(slot.intent_position).load(std::memory_order_acquire);
+    if (start > position || position - start >= m_capacity) continue;
+    const std::uint64_t room = m_capacity - (start & m_mask);
+    if (start != position && start + room != position) continue;
+    const std::uint64_t word = slot_word(slot).load(std::memory_order_acquire);
+    const std::int32_t pid = shared(slot.pid).load(std::memory_order_relaxed);
+    const std::uint64_t started = shared(slot.start_time).load(std::memory_order_acquire);
+    if (state_of(word) == layout::slot_active && alive(pid, started)) return repair_status::writer_alive;
+    const std::uint64_t l = shared(slot.intent_length).load(std::memory_order_relaxed);
+    // Only a length that ends on the tail or on a committed frame can be
+    // the claim that won: an intent whose CAS failed names another length.
+    const std::uint64_t end = start + l;
+    const bool plausible = l >= layout::frame_header_size && l % layout::frame_alignment == 0 && end <= tail &&
+                           end > position && (l <= room || l - room <= layout::frame_size(m_max_message)) &&
+                           (end == tail || load_commit(end) == (end ^ m_salt));
+    if (!plausible) continue;
+    ++dead_candidates;
+    owner = i;
+    claim_start = start;
+    length = l;
+    sequence = shared(m_publishers[i].intent_sequence).load(std::memory_order_relaxed);
+  }
+  if (dead_candidates != 1) return repair_status::unknown;
+
+  // Only one repairer proceeds: the one that clears the intent.
+  std::uint64_t expected = claim_start;
+  if (!shared(m_publishers[owner].intent_position)
+           .compare_exchange_strong(expected, ~std::uint64_t{0}, std::memory_order_acq_rel))
+    return repair_status::unknown;
+
+  // Write what is missing from `position` to the end of the claim.
+  const std::uint64_t room = m_capacity - (position & m_mask);
+  std::uint64_t at = position;
+  length = claim_start + length - position;
+  if (length > room) {
+    write_frame_header(at, static_cast<std::uint32_t>(room - layout::frame_header_size), layout::frame_padding,
+                       sequence, owner);
+    store_commit(at);
+    at += room;
+    length -= room;
+  }
+  write_frame_header(at, static_cast<std::uint32_t>(length - layout::frame_header_size), layout::frame_aborted,
+                     sequence, owner);
+  store_commit(at);
+  return repair_status::repaired;
+}
 
 int ring::register_publisher(std::int32_t pid, std::uint64_t start_time) noexcept {
   for (std::uint32_t i = 0; i < m_publisher_slots; ++i) {
@@ -234,7 +394,9 @@ int ring::register_publisher(std::int32_t pid, std::uint64_t start_time) noexcep
 }
 
 void ring::unregister_publisher(std::uint32_t index) noexcept {
-  shared(m_publishers[index].state).store(layout::slot_free, std::memory_order_release);
+  auto word = slot_word(m_publishers[index]);
+  word.store(make_word(layout::slot_free, generation_of(word.load(std::memory_order_relaxed))),
+             std::memory_order_release);
 }
 
 int ring::register_subscriber(std::int32_t pid, std::uint64_t start_time, bool from_oldest,
@@ -259,7 +421,9 @@ int ring::register_subscriber(std::int32_t pid, std::uint64_t start_time, bool f
 
 void ring::unregister_subscriber(std::uint32_t index) noexcept {
   shared(m_header->active_subscribers).fetch_and(~(std::uint64_t{1} << index), std::memory_order_seq_cst);
-  shared(m_subscribers[index].state).store(layout::slot_free, std::memory_order_release);
+  auto word = slot_word(m_subscribers[index]);
+  word.store(make_word(layout::slot_free, generation_of(word.load(std::memory_order_relaxed))),
+             std::memory_order_release);
 }
 
 void ring::publish_position(std::uint32_t index, const ring_cursor& cursor) noexcept {
@@ -271,11 +435,13 @@ void ring::publish_position(std::uint32_t index, const ring_cursor& cursor) noex
 
 void ring::write_frame_header(std::uint64_t position, std::uint32_t length, std::uint16_t type,
                               std::uint64_t sequence, std::uint32_t publisher_index) noexcept {
+  // Relaxed atomics: under the overwrite policy a lapped reader may read
+  // these while we write them (and then discards what it read).
   layout::frame_header& f = frame_at(position);
-  f.length = length;
-  f.type = type;
-  f.publisher = static_cast<std::uint16_t>(publisher_index);
-  f.sequence = sequence;
+  shared(f.length).store(length, std::memory_order_relaxed);
+  shared(f.type).store(type, std::memory_order_relaxed);
+  shared(f.publisher).store(static_cast<std::uint16_t>(publisher_index), std::memory_order_relaxed);
+  shared(f.sequence).store(sequence, std::memory_order_relaxed);
 }
 
 void ring::store_commit(std::uint64_t position) noexcept {
@@ -303,12 +469,22 @@ claim_status ring::try_claim(std::uint32_t length, std::uint32_t publisher_index
       const std::uint64_t active = shared(m_header->active_subscribers).load(std::memory_order_acquire);
       if (active != m_active_cache || position + need > m_limit_cache) {
         m_limit_cache = slowest_subscriber() + m_capacity;
-        if (position + need > m_limit_cache) return claim_status::would_block;
+        if (position + need > m_limit_cache) {
+          // Held back: if that is a dead subscriber's doing, free its slot
+          // (at most every m_liveness_interval_ns: it costs system calls).
+          if (m_alive == nullptr) return claim_status::would_block;
+          const std::uint64_t now = monotonic_ns();
+          if (now - m_last_liveness_check_ns < m_liveness_interval_ns) return claim_status::would_block;
+          m_last_liveness_check_ns = now;
+          if (reclaim_dead_subscribers(m_alive) == 0) return claim_status::would_block;
+          continue;
+        }
       }
     }
     // The intent lets a repairer find the length of a claim whose writer
     // died before writing a header. Ordered before the claim by the CAS.
     shared(me.intent_length).store(need, std::memory_order_relaxed);
+    shared(me.intent_sequence).store(sequence, std::memory_order_relaxed);
     shared(me.intent_position).store(position, std::memory_order_relaxed);
     if (cas_claim_word(*m_header, position, sequence, position + need, sequence + 1)) break;
   }
@@ -354,18 +530,27 @@ read_status ring::try_read(ring_cursor& cursor, frame& out, std::uint64_t& misse
       cursor.position = ((tail - m_capacity) + m_mask) & ~m_mask;
       continue;
     }
-    const layout::frame_header& f = frame_at(p);
-    const std::uint32_t length = f.length;
-    const std::uint16_t type = f.type;
-    const std::uint64_t sequence = f.sequence;
+    layout::frame_header& f = frame_at(p);
+    const std::uint32_t length = shared(f.length).load(std::memory_order_relaxed);
+    const std::uint16_t type = shared(f.type).load(std::memory_order_relaxed);
+    const std::uint64_t sequence = shared(f.sequence).load(std::memory_order_relaxed);
     const std::uint64_t offset = p & m_mask;
     const std::uint64_t size = layout::frame_size(length);
-    // Fields read after the acquire; under the overwrite policy they may
-    // already belong to a newer lap, which the second commit check detects.
-    if (load_commit(p) != commit) continue;
+    // Under the overwrite policy these fields may already belong to a newer
+    // lap: a writer that has claimed but not yet committed over them leaves
+    // the old commit word in place, so check the tail too (still_valid).
+    if (!unchanged_since(p, commit)) continue;
     if (type == layout::frame_padding) {
       if (offset + layout::frame_header_size + length != m_capacity) return read_status::corrupt;
       cursor.position = p + (m_capacity - offset);
+      continue;
+    }
+    if (type == layout::frame_aborted) {
+      // A dead publisher's claim: its sequence number was taken, nothing
+      // was published. Skip it without counting it as missed.
+      if (offset + size > m_capacity) return read_status::corrupt;
+      cursor.position = p + size;
+      if (cursor.sequence == unknown_sequence || sequence >= cursor.sequence) cursor.sequence = sequence + 1;
       continue;
     }
     if (type != layout::frame_data || length > m_max_message || offset + size > m_capacity)
@@ -380,7 +565,17 @@ read_status ring::try_read(ring_cursor& cursor, frame& out, std::uint64_t& misse
   return read_status::empty;
 }
 
-bool ring::still_valid(const frame& f) const noexcept { return load_commit(f.position) == (f.position ^ m_salt); }
+bool ring::unchanged_since(std::uint64_t position, std::uint64_t commit) const noexcept {
+  // Seqlock-style: the reads before this point must not drift after the
+  // checks below.
+  fence_before_recheck();
+  if (load_commit(position) != commit) return false;
+  // No claim has reached the bytes of this frame on the next lap: any claim
+  // covering them ends past position + capacity.
+  return tail_position() <= position + m_capacity;
+}
+
+bool ring::still_valid(const frame& f) const noexcept { return unchanged_since(f.position, f.position ^ m_salt); }
 
 ring_cursor ring::newest() const noexcept {
   // The two halves are read separately; position only grows, so reading it

@@ -36,6 +36,7 @@
 
 #include <shmbus/detail/ring_layout.hpp>
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <span>
@@ -93,8 +94,8 @@ class ring {
  public:
   /// Validates the header of `region` (magic, version, kind, sizes,
   /// geometry, and `expected` unless it is null) and copies the geometry.
-  /// Throws shmbus::error: errc::region_corrupt, errc::version_mismatch,
-  /// errc::type_mismatch, errc::bad_size, naming `object`.
+  /// Throws shmbus::error naming `object`: errc::region_corrupt (bad magic,
+  /// kind, geometry, truncated), errc::version_mismatch, errc::type_mismatch.
   static ring attach(std::span<std::byte> region, std::string_view object, const type_fingerprint* expected);
 
   std::uint64_t capacity() const noexcept { return m_capacity; }
@@ -105,6 +106,39 @@ class ring {
   layout::channel_header& header() const noexcept { return *m_header; }
   layout::publisher_slot& publisher(std::uint32_t i) const noexcept { return m_publishers[i]; }
   layout::subscriber_slot& subscriber(std::uint32_t i) const noexcept { return m_subscribers[i]; }
+
+  // ---- liveness ----------------------------------------------------------------
+
+  /// Tells whether the process (pid, start time) that owns a slot still
+  /// runs. Must never call a live process dead (no heartbeats: a process
+  /// starved of CPU is alive).
+  using liveness_check = bool (*)(std::int32_t pid, std::uint64_t start_time) noexcept;
+
+  /// Lets try_claim reclaim the slots of dead subscribers when they hold
+  /// back a publisher (block policy), checking at most every `interval`.
+  void set_liveness(liveness_check alive, std::chrono::nanoseconds interval) noexcept {
+    m_alive = alive;
+    m_liveness_interval_ns = static_cast<std::uint64_t>(interval.count());
+  }
+  /// Frees the slots of active subscribers whose process is dead; returns
+  /// how many. Safe against a slot being taken again meanwhile (the
+  /// reclaim names the incarnation by its generation).
+  std::uint32_t reclaim_dead_subscribers(liveness_check alive) noexcept;
+  /// Frees the slots of dead publishers that have no claim in progress.
+  std::uint32_t reclaim_dead_publishers(liveness_check alive) noexcept;
+
+  enum class repair_status : std::uint8_t {
+    not_stalled,  ///< the frame is committed, or nothing was claimed there
+    writer_alive, ///< a live publisher claimed it: wait for it
+    unknown,      ///< no claim intent names this position (yet): wait
+    repaired,     ///< the dead publisher's claim now reads as skipped frames
+  };
+  /// Called by a reader stuck at `position` (claimed, never committed):
+  /// if the publisher whose intent names that position is dead, writes the
+  /// claimed bytes as a padding and/or an aborted frame and commits them.
+  /// Only a dead writer's claim is ever repaired, so no late commit can
+  /// race with the repair.
+  repair_status try_repair(std::uint64_t position, liveness_check alive) noexcept;
 
   // ---- slots -----------------------------------------------------------------
 
@@ -162,8 +196,8 @@ class ring {
   /// intact and `missed` holds nothing yet. Does not advance past the data
   /// frame: call advance(). Never throws, never reads out of bounds.
   read_status try_read(ring_cursor& cursor, frame& out, std::uint64_t& missed) const noexcept;
-  /// True if the frame's commit word is unchanged since try_read (overwrite
-  /// policy: the payload was not overwritten while it was being used).
+  /// True if the frame is still the one try_read returned (overwrite
+  /// policy: its bytes were not claimed by a newer lap while in use).
   bool still_valid(const frame& f) const noexcept;
   /// Moves the cursor past `f`.
   static void advance(ring_cursor& cursor, const frame& f) noexcept {
@@ -183,6 +217,7 @@ class ring {
   void write_frame_header(std::uint64_t position, std::uint32_t length, std::uint16_t type,
                           std::uint64_t sequence, std::uint32_t publisher_index) noexcept;
   void store_commit(std::uint64_t position) noexcept;
+  bool unchanged_since(std::uint64_t position, std::uint64_t commit) const noexcept;
   std::uint64_t load_commit(std::uint64_t position) const noexcept;
 
   layout::channel_header* m_header = nullptr;
@@ -199,6 +234,10 @@ class ring {
   // Publisher-side cache of the slowest subscriber (block policy).
   std::uint64_t m_limit_cache = 0;
   std::uint64_t m_active_cache = ~std::uint64_t{0};
+  // Reclaiming dead subscribers from try_claim.
+  liveness_check m_alive = nullptr;
+  std::uint64_t m_liveness_interval_ns = 0;
+  std::uint64_t m_last_liveness_check_ns = 0;
 };
 
 }  // namespace shmbus::detail

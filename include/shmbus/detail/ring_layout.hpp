@@ -44,14 +44,21 @@ inline constexpr std::uint64_t max_capacity = std::uint64_t{1} << 40;
 /// frame_header::type values.
 inline constexpr std::uint16_t frame_data = 1;
 inline constexpr std::uint16_t frame_padding = 2;
+/// A claim whose publisher died before committing it, written over by a
+/// repairer: readers skip it. Its sequence number was claimed, so readers
+/// expect the next one after it; nothing was published, nothing is missed.
+inline constexpr std::uint16_t frame_aborted = 3;
 
 /// Back-pressure policy, channel_header::policy.
 inline constexpr std::uint32_t policy_block = 0;
 inline constexpr std::uint32_t policy_overwrite = 1;
 
-/// Slot states (publisher_slot::state, subscriber_slot::state).
+/// Slot states (publisher_slot::state, subscriber_slot::state). The state
+/// and the generation next to it form one 8-byte word that changes only by
+/// compare-and-swap, so a reclaim names the incarnation it reclaims.
 inline constexpr std::uint32_t slot_free = 0;
 inline constexpr std::uint32_t slot_active = 1;
+inline constexpr std::uint32_t slot_reclaiming = 2;  ///< its owner died; being freed
 
 /// The first page of a channel region.
 struct channel_header {
@@ -96,9 +103,9 @@ struct channel_header {
 };
 
 /// One per publishing handle; claimed by compare-and-swap of `state`.
-struct publisher_slot {
-  std::uint32_t state;            //  0  slot_free / slot_active
-  std::uint32_t generation;       //  4  incremented each time the slot is claimed
+struct alignas(8) publisher_slot {
+  std::uint32_t state;            //  0  slot_free / slot_active / slot_reclaiming
+  std::uint32_t generation;       //  4  incremented each time the slot is taken
   std::int32_t pid;               //  8  owner's pid ...
   std::uint32_t reserved0;        // 12
   std::uint64_t start_time;       // 16  ... and its start time (/proc/<pid>/stat field 22)
@@ -106,12 +113,12 @@ struct publisher_slot {
   std::uint64_t intent_length;    // 32  bytes being claimed (padding included)
   std::uint64_t published;        // 40  data frames committed (statistics)
   std::uint64_t doorbell_id;      // 48  id of its eventfd at the owner's doorbell server
-  std::uint64_t reserved1;        // 56
+  std::uint64_t intent_sequence;  // 56  sequence number being claimed
 };
 
 /// One per subscribing handle.
-struct subscriber_slot {
-  std::uint32_t state;            //   0  slot_free / slot_active
+struct alignas(8) subscriber_slot {
+  std::uint32_t state;            //   0  slot_free / slot_active / slot_reclaiming
   std::uint32_t generation;       //   4
   std::int32_t pid;               //   8
   std::uint32_t reserved0;        //  12

@@ -1,0 +1,292 @@
+// Liveness in the ring, with real processes and real signals:
+//  - a subscriber killed with SIGKILL stops holding back a publisher;
+//  - a publisher killed between claim and commit does not stall readers:
+//    its claim is repaired and readers continue with the next message;
+//  - a process that is stopped (SIGSTOP: alive but getting no CPU) is
+//    never taken for dead, and a stopped writer commits normally later.
+// Synchronisation is by pipes and waitpid only.
+#include <shmbus/region.hpp>
+
+#include "ring/ring.hpp"
+
+#include <catch2/catch.hpp>
+
+#include <csignal>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <string>
+
+using shmbus::detail::claim_status;
+using shmbus::detail::read_status;
+using shmbus::detail::ring;
+using shmbus::detail::ring_cursor;
+namespace layout = shmbus::detail::layout;
+
+namespace {
+
+/// Liveness by pid alone is enough here: every child is reaped before it is
+/// expected to be dead, so its pid no longer exists. (The library's check
+/// also compares the process start time.)
+bool pid_alive(std::int32_t pid, std::uint64_t) noexcept { return ::kill(pid, 0) == 0 || errno == EPERM; }
+
+struct pipe_pair {
+  int fd[2]{-1, -1};
+  pipe_pair() { REQUIRE(::pipe(fd) == 0); }
+  ~pipe_pair() {
+    ::close(fd[0]);
+    ::close(fd[1]);
+  }
+  void send(char c) const { REQUIRE(::write(fd[1], &c, 1) == 1); }
+  char receive() const {
+    char c = 0;
+    REQUIRE(::read(fd[0], &c, 1) == 1);
+    return c;
+  }
+};
+
+struct channel {
+  shmbus::region region;
+  ring view;
+  explicit channel(std::uint32_t policy) {
+    shmbus::detail::ring_options o;
+    o.capacity = 4096;
+    o.max_message = 256;
+    o.policy = policy;
+    o.publisher_slots = 4;
+    o.subscriber_slots = 4;
+    region = shmbus::region::create_anonymous(shmbus::detail::ring_region_size(o, "liveness"));
+    shmbus::detail::ring_initialize(region.bytes(), o, "liveness");
+    view = ring::attach(region.bytes(), "liveness", nullptr);
+  }
+};
+
+claim_status publish(ring& r, std::uint32_t slot, const std::string& text) {
+  ring::claim c;
+  const auto status = r.try_claim(static_cast<std::uint32_t>(text.size()), slot, c);
+  if (status == claim_status::ok) {
+    std::memcpy(c.payload, text.data(), text.size());
+    r.commit(c, slot);
+  }
+  return status;
+}
+
+read_status receive(ring& r, ring_cursor& cursor, std::string& text, std::uint64_t& missed) {
+  ring::frame f;
+  const auto status = r.try_read(cursor, f, missed);
+  if (status == read_status::ok) {
+    text.assign(reinterpret_cast<const char*>(f.payload.data()), f.payload.size());
+    ring::advance(cursor, f);
+  }
+  return status;
+}
+
+void kill_and_reap(pid_t pid, int signal) {
+  REQUIRE(::kill(pid, signal) == 0);
+  int status = 0;
+  REQUIRE(::waitpid(pid, &status, 0) == pid);
+  CHECK(WIFSIGNALED(status));
+}
+
+}  // namespace
+
+TEST_CASE("a killed subscriber stops holding back publishers; a stopped one is kept", "[ring][liveness][process]") {
+  channel ch(layout::policy_block);
+  ring& r = ch.view;
+  pipe_pair registered;
+  pipe_pair never;
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    ring mine = ring::attach(ch.region.bytes(), "liveness", nullptr);
+    ring_cursor cursor;
+    if (mine.register_subscriber(::getpid(), 0, false, cursor) < 0) ::_exit(1);
+    const char c = 'r';
+    if (::write(registered.fd[1], &c, 1) != 1) ::_exit(2);
+    char byte;
+    (void)::read(never.fd[0], &byte, 1);  // never reads a message
+    ::_exit(0);
+  }
+  CHECK(registered.receive() == 'r');
+  r.set_liveness(&pid_alive, std::chrono::nanoseconds(0));
+  const auto pub = static_cast<std::uint32_t>(r.register_publisher(::getpid(), 0));
+
+  const std::string message(100, 'x');
+  int sent = 0;
+  while (publish(r, pub, message) == claim_status::ok) ++sent;
+  CHECK(sent > 0);
+  // Alive, then stopped (alive, getting no CPU): both hold the publisher back.
+  CHECK(publish(r, pub, message) == claim_status::would_block);
+  REQUIRE(::kill(child, SIGSTOP) == 0);
+  int status = 0;
+  REQUIRE(::waitpid(child, &status, WUNTRACED) == child);
+  CHECK(publish(r, pub, message) == claim_status::would_block);
+  CHECK(r.reclaim_dead_subscribers(&pid_alive) == 0);
+
+  kill_and_reap(child, SIGKILL);
+  CHECK(publish(r, pub, message) == claim_status::ok);  // its slot was reclaimed
+  CHECK((r.header().active_subscribers & 1) == 0);
+  // The freed slot can be taken again, by a new incarnation.
+  ring_cursor cursor;
+  CHECK(r.register_subscriber(::getpid(), 0, false, cursor) == 0);
+  CHECK(r.subscriber(0).generation == 2);
+}
+
+TEST_CASE("a publisher killed between claim and commit does not stall readers", "[ring][liveness][process]") {
+  channel ch(layout::policy_block);
+  ring& r = ch.view;
+  ring_cursor cursor;
+  r.register_subscriber(::getpid(), 0, false, cursor);
+  const auto pub = static_cast<std::uint32_t>(r.register_publisher(::getpid(), 0));
+  REQUIRE(publish(r, pub, "before") == claim_status::ok);
+
+  pipe_pair claimed;
+  pipe_pair go_on;
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    ring mine = ring::attach(ch.region.bytes(), "liveness", nullptr);
+    const int slot = mine.register_publisher(::getpid(), 0);
+    ring::claim c;
+    if (slot < 0 || mine.try_claim(40, static_cast<std::uint32_t>(slot), c) != claim_status::ok) ::_exit(1);
+    std::memset(c.payload, 'z', 40);
+    const char byte = 'c';
+    if (::write(claimed.fd[1], &byte, 1) != 1) ::_exit(2);
+    char order = 0;
+    if (::read(go_on.fd[0], &order, 1) != 1) ::_exit(3);
+    mine.commit(c, static_cast<std::uint32_t>(slot));  // only if allowed to go on
+    ::_exit(0);
+  }
+  CHECK(claimed.receive() == 'c');
+  // Messages published after the stuck claim wait behind it.
+  REQUIRE(publish(r, pub, "after 1") == claim_status::ok);
+  REQUIRE(publish(r, pub, "after 2") == claim_status::ok);
+
+  std::string text;
+  std::uint64_t missed = 0;
+  REQUIRE(receive(r, cursor, text, missed) == read_status::ok);
+  CHECK(text == "before");
+  const std::uint64_t stuck = cursor.position;
+  CHECK(receive(r, cursor, text, missed) == read_status::empty);
+
+  SECTION("killed: the claim is repaired and reading goes on") {
+    REQUIRE(::kill(child, SIGSTOP) == 0);
+    int status = 0;
+    REQUIRE(::waitpid(child, &status, WUNTRACED) == child);
+    CHECK(r.try_repair(stuck, &pid_alive) == ring::repair_status::writer_alive);  // stopped is alive
+    kill_and_reap(child, SIGKILL);
+    CHECK(r.try_repair(stuck, &pid_alive) == ring::repair_status::repaired);
+    CHECK(r.try_repair(stuck, &pid_alive) == ring::repair_status::not_stalled);  // once only
+    REQUIRE(receive(r, cursor, text, missed) == read_status::ok);
+    CHECK(text == "after 1");
+    CHECK(missed == 0);  // the dead claim published nothing: nothing was missed
+    REQUIRE(receive(r, cursor, text, missed) == read_status::ok);
+    CHECK(text == "after 2");
+    CHECK(r.reclaim_dead_publishers(&pid_alive) == 1);
+  }
+  SECTION("stopped, then resumed: it commits and nothing was repaired") {
+    REQUIRE(::kill(child, SIGSTOP) == 0);
+    int status = 0;
+    REQUIRE(::waitpid(child, &status, WUNTRACED) == child);
+    CHECK(r.try_repair(stuck, &pid_alive) == ring::repair_status::writer_alive);
+    REQUIRE(::kill(child, SIGCONT) == 0);
+    go_on.send('g');
+    REQUIRE(::waitpid(child, &status, 0) == child);
+    CHECK(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 0);
+    REQUIRE(receive(r, cursor, text, missed) == read_status::ok);
+    CHECK(text == std::string(40, 'z'));
+    REQUIRE(receive(r, cursor, text, missed) == read_status::ok);
+    CHECK(text == "after 1");
+  }
+}
+
+TEST_CASE("a dead claim spanning the end of the ring is repaired as padding plus an aborted frame", "[ring][liveness][process]") {
+  channel ch(layout::policy_overwrite);
+  ring& r = ch.view;
+  ring_cursor cursor;
+  r.register_subscriber(::getpid(), 0, false, cursor);
+  const auto pub = static_cast<std::uint32_t>(r.register_publisher(::getpid(), 0));
+  // Fill to 96 bytes before the end (4096 - 4000 = 96): a 200-byte claim
+  // must take the 96 bytes as padding and start at the next lap.
+  std::string text;
+  std::uint64_t missed = 0;
+  for (int i = 0; i < 25; ++i) {
+    REQUIRE(publish(r, pub, std::string(128, 'a')) == claim_status::ok);  // 160-byte frames
+    REQUIRE(receive(r, cursor, text, missed) == read_status::ok);
+  }
+  REQUIRE(r.tail_position() == 4000);
+
+  pipe_pair claimed;
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    ring mine = ring::attach(ch.region.bytes(), "liveness", nullptr);
+    const int slot = mine.register_publisher(::getpid(), 0);
+    ring::claim c;
+    if (slot < 0 || mine.try_claim(200, static_cast<std::uint32_t>(slot), c) != claim_status::ok) ::_exit(1);
+    const char byte = 'c';
+    if (::write(claimed.fd[1], &byte, 1) != 1) ::_exit(2);
+    ::pause();
+    ::_exit(0);
+  }
+  CHECK(claimed.receive() == 'c');
+  REQUIRE(publish(r, pub, "next") == claim_status::ok);
+  CHECK(receive(r, cursor, text, missed) == read_status::empty);
+  kill_and_reap(child, SIGKILL);
+  CHECK(r.try_repair(cursor.position, &pid_alive) == ring::repair_status::repaired);
+  REQUIRE(receive(r, cursor, text, missed) == read_status::ok);
+  CHECK(text == "next");
+  CHECK(missed == 0);
+}
+
+TEST_CASE("a publisher killed after its padding frame but before its data frame is repaired", "[ring][liveness][process]") {
+  channel ch(layout::policy_block);
+  ring& r = ch.view;
+  ring_cursor cursor;
+  r.register_subscriber(::getpid(), 0, false, cursor);
+  const auto pub = static_cast<std::uint32_t>(r.register_publisher(::getpid(), 0));
+  std::string text;
+  std::uint64_t missed = 0;
+  for (int i = 0; i < 25; ++i) {
+    REQUIRE(publish(r, pub, std::string(128, 'a')) == claim_status::ok);
+    REQUIRE(receive(r, cursor, text, missed) == read_status::ok);
+    r.publish_position(0, cursor);
+  }
+  REQUIRE(r.tail_position() == 4000);
+
+  pipe_pair claimed;
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    ring mine = ring::attach(ch.region.bytes(), "liveness", nullptr);
+    const int slot = mine.register_publisher(::getpid(), 0);
+    ring::claim c;
+    if (slot < 0 || mine.try_claim(200, static_cast<std::uint32_t>(slot), c) != claim_status::ok) ::_exit(1);
+    if (c.frame_position == c.claim_position) ::_exit(2);
+    // Do the first half of commit() by hand: the padding frame only.
+    auto* pad = reinterpret_cast<layout::frame_header*>(ch.region.data() + mine.header().ring_offset +
+                                                        (c.claim_position & (mine.capacity() - 1)));
+    pad->length = static_cast<std::uint32_t>(c.frame_position - c.claim_position - layout::frame_header_size);
+    pad->type = layout::frame_padding;
+    std::atomic_ref<std::uint64_t>(pad->commit).store(c.claim_position ^ mine.header().commit_salt,
+                                                      std::memory_order_release);
+    const char byte = 'c';
+    if (::write(claimed.fd[1], &byte, 1) != 1) ::_exit(3);
+    ::pause();
+    ::_exit(0);
+  }
+  CHECK(claimed.receive() == 'c');
+  REQUIRE(publish(r, pub, "next") == claim_status::ok);
+  CHECK(receive(r, cursor, text, missed) == read_status::empty);
+  CHECK(cursor.position == 4096);  // past the padding, stuck at the lap boundary
+  CHECK(r.try_repair(cursor.position, &pid_alive) == ring::repair_status::writer_alive);
+  kill_and_reap(child, SIGKILL);
+  CHECK(r.try_repair(cursor.position, &pid_alive) == ring::repair_status::repaired);
+  REQUIRE(receive(r, cursor, text, missed) == read_status::ok);
+  CHECK(text == "next");
+  CHECK(missed == 0);
+}
