@@ -1,6 +1,7 @@
 #include "ring/ring.hpp"
 
 #include <shmbus/error.hpp>
+#include <shmbus/region.hpp>
 
 #include <fmt/format.h>
 #include <sys/random.h>
@@ -55,7 +56,7 @@ std::uint64_t random_salt() {
 }
 
 std::uint64_t page_round(std::uint64_t n) {
-  const auto page = static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
+  const std::uint64_t page = region::page_size();
   return (n + page - 1) / page * page;
 }
 
@@ -81,7 +82,7 @@ std::size_t ring_region_size(const ring_options& o, std::string_view object) {
   auto bad = [&](std::string detail) { throw error(errc::bad_size, "create channel", object, detail); };
   if (o.capacity < layout::min_capacity || o.capacity > layout::max_capacity || !std::has_single_bit(o.capacity))
     bad(fmt::format("ring capacity {} is not a power of two in [{}, 2^40]", o.capacity, layout::min_capacity));
-  if (o.capacity % static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE)) != 0)
+  if (o.capacity % region::page_size() != 0)
     bad(fmt::format("ring capacity {} is not a multiple of the page size", o.capacity));
   // A frame must fit in a quarter of the ring, so that a padding frame and a
   // message always fit together and several messages are in flight at once.

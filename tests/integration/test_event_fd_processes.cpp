@@ -7,6 +7,8 @@
 
 #include <catch2/catch.hpp>
 
+#include "child_process.hpp"
+
 #include <fcntl.h>
 #include <spawn.h>
 #include <sys/wait.h>
@@ -16,14 +18,9 @@
 #include <string>
 
 using shmbus::task;
+using shmbus::test::wait_exit;
 
 namespace {
-
-int wait_exit(pid_t pid) {
-  int status = 0;
-  REQUIRE(::waitpid(pid, &status, 0) == pid);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-}
 
 /// The waiter is suspended in the kernel before the other process is told
 /// to signal (through `go`), so the wake-up really crosses processes.

@@ -20,6 +20,8 @@
 #include <shmbus/region.hpp>
 
 #include <catch2/catch.hpp>
+
+#include "child_process.hpp"
 #include <fmt/format.h>
 
 #include <fcntl.h>
@@ -39,6 +41,7 @@
 #include <vector>
 
 using shmbus::region;
+using shmbus::test::pipe_pair;
 
 namespace {
 
@@ -65,18 +68,6 @@ std::string unique_name(std::string_view tag) {
   static int counter = 0;
   return fmt::format("/shmbus-itest-{}-{}-{}", ::getpid(), tag, counter++);
 }
-
-// Both ends of one pipe, closed on scope exit unless released.
-struct pipe_pair {
-  shmbus::unique_fd read;
-  shmbus::unique_fd write;
-  pipe_pair() {
-    int fds[2];
-    REQUIRE(::pipe2(fds, O_CLOEXEC) == 0);
-    read.reset(fds[0]);
-    write.reset(fds[1]);
-  }
-};
 
 // Lets `fd` survive exec; called in the forked child only, so the parent's
 // other children never inherit it.
@@ -107,20 +98,20 @@ void swap_patterns(region& r, const starter& start, const std::function<void()>&
   pipe_pair notify;
   pipe_pair wake;
   std::fflush(nullptr);
-  const pid_t pid = start(notify.write.get(), wake.read.get());
+  const pid_t pid = start(notify.write_end.get(), wake.read_end.get());
   REQUIRE(pid > 0);
-  notify.write.reset();
-  wake.read.reset();
+  notify.write_end.reset();
+  wake.read_end.reset();
   if (after_start) after_start();
 
   char byte = 0;
   ssize_t n = 0;
-  do n = ::read(notify.read.get(), &byte, 1);
+  do n = ::read(notify.read_end.get(), &byte, 1);
   while (n == -1 && errno == EINTR);
   if (n == 1) {
     CHECK(holds(r.bytes().subspan(half), pattern_b));
     fill(r.bytes().first(half), pattern_c);
-    CHECK(::write(wake.write.get(), "c", 1) == 1);
+    CHECK(::write(wake.write_end.get(), "c", 1) == 1);
   }
   int status = 0;
   REQUIRE(::waitpid(pid, &status, 0) == pid);
@@ -296,9 +287,9 @@ TEST_CASE("shm: processes racing open_or_create_shm get one object, created once
     const pid_t pid = ::fork();
     REQUIRE(pid >= 0);
     if (pid == 0) {
-      start.write.reset();
+      start.write_end.reset();
       char byte = 0;
-      if (::read(start.read.get(), &byte, 1) != 0) ::_exit(20);  // EOF: everyone goes at once
+      if (::read(start.read_end.get(), &byte, 1) != 0) ::_exit(20);  // EOF: everyone goes at once
       try {
         auto r = region::open_or_create_shm(name, size);
         if (r.size() != size) ::_exit(21);
@@ -311,7 +302,7 @@ TEST_CASE("shm: processes racing open_or_create_shm get one object, created once
     }
     pids.push_back(pid);
   }
-  start.write.reset();
+  start.write_end.reset();
   int creators = 0;
   for (pid_t pid : pids) {
     int status = 0;

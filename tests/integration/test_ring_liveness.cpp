@@ -7,6 +7,7 @@
 // Synchronisation is by pipes and waitpid only.
 #include <shmbus/region.hpp>
 
+#include "child_process.hpp"
 #include "ring/ring.hpp"
 
 #include <catch2/catch.hpp>
@@ -21,6 +22,9 @@
 #include <string>
 
 using shmbus::detail::claim_status;
+using shmbus::test::kill_and_reap;
+using shmbus::test::pipe_pair;
+using shmbus::test::stop_and_wait;
 using shmbus::detail::read_status;
 using shmbus::detail::ring;
 using shmbus::detail::ring_cursor;
@@ -32,21 +36,6 @@ namespace {
 /// expected to be dead, so its pid no longer exists. (The library's check
 /// also compares the process start time.)
 bool pid_alive(std::int32_t pid, std::uint64_t) noexcept { return ::kill(pid, 0) == 0 || errno == EPERM; }
-
-struct pipe_pair {
-  int fd[2]{-1, -1};
-  pipe_pair() { REQUIRE(::pipe(fd) == 0); }
-  ~pipe_pair() {
-    ::close(fd[0]);
-    ::close(fd[1]);
-  }
-  void send(char c) const { REQUIRE(::write(fd[1], &c, 1) == 1); }
-  char receive() const {
-    char c = 0;
-    REQUIRE(::read(fd[0], &c, 1) == 1);
-    return c;
-  }
-};
 
 struct channel {
   shmbus::region region;
@@ -84,11 +73,18 @@ read_status receive(ring& r, ring_cursor& cursor, std::string& text, std::uint64
   return status;
 }
 
-void kill_and_reap(pid_t pid, int signal) {
-  REQUIRE(::kill(pid, signal) == 0);
-  int status = 0;
-  REQUIRE(::waitpid(pid, &status, 0) == pid);
-  CHECK(WIFSIGNALED(status));
+/// Publishes and reads 25 frames of 160 bytes: the tail stops at 4000, 96
+/// bytes before the end of the 4 KiB ring, so a 200-byte claim must take
+/// those 96 bytes as padding and put its frame at the next lap.
+void fill_to_near_end(ring& r, std::uint32_t pub, ring_cursor& cursor) {
+  std::string text;
+  std::uint64_t missed = 0;
+  for (int i = 0; i < 25; ++i) {
+    REQUIRE(publish(r, pub, std::string(128, 'a')) == claim_status::ok);
+    REQUIRE(receive(r, cursor, text, missed) == read_status::ok);
+    r.publish_position(0, cursor);
+  }
+  REQUIRE(r.tail_position() == 4000);
 }
 
 }  // namespace
@@ -104,10 +100,8 @@ TEST_CASE("a killed subscriber stops holding back publishers; a stopped one is k
     ring mine = ring::attach(ch.region.bytes(), "liveness", nullptr);
     ring_cursor cursor;
     if (mine.register_subscriber(::getpid(), 0, false, cursor) < 0) ::_exit(1);
-    const char c = 'r';
-    if (::write(registered.fd[1], &c, 1) != 1) ::_exit(2);
-    char byte;
-    (void)::read(never.fd[0], &byte, 1);  // never reads a message
+    registered.child_send('r');
+    never.child_receive();  // never reads a message
     ::_exit(0);
   }
   CHECK(registered.receive() == 'r');
@@ -120,9 +114,7 @@ TEST_CASE("a killed subscriber stops holding back publishers; a stopped one is k
   CHECK(sent > 0);
   // Alive, then stopped (alive, getting no CPU): both hold the publisher back.
   CHECK(publish(r, pub, message) == claim_status::would_block);
-  REQUIRE(::kill(child, SIGSTOP) == 0);
-  int status = 0;
-  REQUIRE(::waitpid(child, &status, WUNTRACED) == child);
+  stop_and_wait(child);
   CHECK(publish(r, pub, message) == claim_status::would_block);
   CHECK(r.reclaim_dead_subscribers(&pid_alive) == 0);
 
@@ -153,10 +145,8 @@ TEST_CASE("a publisher killed between claim and commit does not stall readers", 
     ring::claim c;
     if (slot < 0 || mine.try_claim(40, static_cast<std::uint32_t>(slot), c) != claim_status::ok) ::_exit(1);
     std::memset(c.payload, 'z', 40);
-    const char byte = 'c';
-    if (::write(claimed.fd[1], &byte, 1) != 1) ::_exit(2);
-    char order = 0;
-    if (::read(go_on.fd[0], &order, 1) != 1) ::_exit(3);
+    claimed.child_send('c');
+    go_on.child_receive();
     mine.commit(c, static_cast<std::uint32_t>(slot));  // only if allowed to go on
     ::_exit(0);
   }
@@ -173,9 +163,7 @@ TEST_CASE("a publisher killed between claim and commit does not stall readers", 
   CHECK(receive(r, cursor, text, missed) == read_status::empty);
 
   SECTION("killed: the claim is repaired and reading goes on") {
-    REQUIRE(::kill(child, SIGSTOP) == 0);
-    int status = 0;
-    REQUIRE(::waitpid(child, &status, WUNTRACED) == child);
+    stop_and_wait(child);
     CHECK(r.try_repair(stuck, &pid_alive) == ring::repair_status::writer_alive);  // stopped is alive
     kill_and_reap(child, SIGKILL);
     CHECK(r.try_repair(stuck, &pid_alive) == ring::repair_status::repaired);
@@ -188,15 +176,11 @@ TEST_CASE("a publisher killed between claim and commit does not stall readers", 
     CHECK(r.reclaim_dead_publishers(&pid_alive) == 1);
   }
   SECTION("stopped, then resumed: it commits and nothing was repaired") {
-    REQUIRE(::kill(child, SIGSTOP) == 0);
-    int status = 0;
-    REQUIRE(::waitpid(child, &status, WUNTRACED) == child);
+    stop_and_wait(child);
     CHECK(r.try_repair(stuck, &pid_alive) == ring::repair_status::writer_alive);
     REQUIRE(::kill(child, SIGCONT) == 0);
     go_on.send('g');
-    REQUIRE(::waitpid(child, &status, 0) == child);
-    CHECK(WIFEXITED(status));
-    CHECK(WEXITSTATUS(status) == 0);
+    CHECK(shmbus::test::wait_exit(child) == 0);
     REQUIRE(receive(r, cursor, text, missed) == read_status::ok);
     CHECK(text == std::string(40, 'z'));
     REQUIRE(receive(r, cursor, text, missed) == read_status::ok);
@@ -210,15 +194,9 @@ TEST_CASE("a dead claim spanning the end of the ring is repaired as padding plus
   ring_cursor cursor;
   r.register_subscriber(::getpid(), 0, false, cursor);
   const auto pub = static_cast<std::uint32_t>(r.register_publisher(::getpid(), 0));
-  // Fill to 96 bytes before the end (4096 - 4000 = 96): a 200-byte claim
-  // must take the 96 bytes as padding and start at the next lap.
   std::string text;
   std::uint64_t missed = 0;
-  for (int i = 0; i < 25; ++i) {
-    REQUIRE(publish(r, pub, std::string(128, 'a')) == claim_status::ok);  // 160-byte frames
-    REQUIRE(receive(r, cursor, text, missed) == read_status::ok);
-  }
-  REQUIRE(r.tail_position() == 4000);
+  fill_to_near_end(r, pub, cursor);
 
   pipe_pair claimed;
   const pid_t child = ::fork();
@@ -228,8 +206,7 @@ TEST_CASE("a dead claim spanning the end of the ring is repaired as padding plus
     const int slot = mine.register_publisher(::getpid(), 0);
     ring::claim c;
     if (slot < 0 || mine.try_claim(200, static_cast<std::uint32_t>(slot), c) != claim_status::ok) ::_exit(1);
-    const char byte = 'c';
-    if (::write(claimed.fd[1], &byte, 1) != 1) ::_exit(2);
+    claimed.child_send('c');
     ::pause();
     ::_exit(0);
   }
@@ -251,12 +228,7 @@ TEST_CASE("a publisher killed after its padding frame but before its data frame 
   const auto pub = static_cast<std::uint32_t>(r.register_publisher(::getpid(), 0));
   std::string text;
   std::uint64_t missed = 0;
-  for (int i = 0; i < 25; ++i) {
-    REQUIRE(publish(r, pub, std::string(128, 'a')) == claim_status::ok);
-    REQUIRE(receive(r, cursor, text, missed) == read_status::ok);
-    r.publish_position(0, cursor);
-  }
-  REQUIRE(r.tail_position() == 4000);
+  fill_to_near_end(r, pub, cursor);
 
   pipe_pair claimed;
   const pid_t child = ::fork();
@@ -274,8 +246,7 @@ TEST_CASE("a publisher killed after its padding frame but before its data frame 
     pad->type = layout::frame_padding;
     std::atomic_ref<std::uint64_t>(pad->commit).store(c.claim_position ^ mine.header().commit_salt,
                                                       std::memory_order_release);
-    const char byte = 'c';
-    if (::write(claimed.fd[1], &byte, 1) != 1) ::_exit(3);
+    claimed.child_send('c');
     ::pause();
     ::_exit(0);
   }

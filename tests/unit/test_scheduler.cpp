@@ -5,6 +5,7 @@
 
 #include <catch2/catch.hpp>
 
+#include "child_process.hpp"
 #include "counted.hpp"
 
 #include <fcntl.h>
@@ -22,19 +23,9 @@
 using namespace std::chrono_literals;
 using shmbus::task;
 using shmbus::test::counted;
+using shmbus::test::pipe_pair;
 
 namespace {
-
-struct pipe_pair {
-  shmbus::unique_fd read_end;
-  shmbus::unique_fd write_end;
-  pipe_pair() {
-    int fds[2];
-    REQUIRE(::pipe2(fds, O_CLOEXEC) == 0);
-    read_end.reset(fds[0]);
-    write_end.reset(fds[1]);
-  }
-};
 
 bool is_cancelled(const shmbus::error& e) { return e.code() == shmbus::errc::cancelled; }
 
