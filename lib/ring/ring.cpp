@@ -1,5 +1,7 @@
 #include "ring/ring.hpp"
 
+#include "core/sanitizers.hpp"
+
 #include <shmbus/error.hpp>
 #include <shmbus/region.hpp>
 
@@ -28,18 +30,32 @@ std::atomic_ref<T> shared(T& word) noexcept {
 }
 
 /// One 16-byte compare-and-swap of the claim word {position, sequence}.
-/// cmpxchg16b is lock-free and works across processes (built with -mcx16).
+///
+/// On x86-64 this is `lock cmpxchg16b` written out: lock-free, a full
+/// barrier, and atomic across processes. Written out rather than through
+/// __sync/__atomic builtins because ThreadSanitizer replaces 16-byte
+/// builtins with an emulation under a process-local lock, which silently
+/// stops being atomic between processes.
 bool cas_claim_word(layout::channel_header& h, std::uint64_t& position, std::uint64_t& sequence,
                     std::uint64_t new_position, std::uint64_t new_sequence) noexcept {
+  auto* word = &h.tail_position;  // 16-byte aligned: tail_position, tail_sequence
+#if defined(__x86_64__)
+  bool swapped = false;
+  __asm__ __volatile__("lock cmpxchg16b %1"
+                       : "=@ccz"(swapped), "+m"(*word), "+m"(word[1]), "+a"(position), "+d"(sequence)
+                       : "b"(new_position), "c"(new_sequence)
+                       : "memory");
+  return swapped;
+#else
   __extension__ typedef unsigned __int128 u128;  // a GNU extension, hence the marker
   const u128 expected = (static_cast<u128>(sequence) << 64) | position;
   const u128 desired = (static_cast<u128>(new_sequence) << 64) | new_position;
-  auto* word = reinterpret_cast<u128*>(&h.tail_position);
-  const u128 previous = __sync_val_compare_and_swap(word, expected, desired);  // full barrier
+  const u128 previous = __sync_val_compare_and_swap(reinterpret_cast<u128*>(word), expected, desired);
   if (previous == expected) return true;
   position = static_cast<std::uint64_t>(previous);
   sequence = static_cast<std::uint64_t>(previous >> 64);
   return false;
+#endif
 }
 
 [[noreturn]] void corrupt(std::string_view object, std::string_view what) {
@@ -119,7 +135,9 @@ void ring_initialize(std::span<std::byte> region, const ring_options& o, std::st
   h.type_align = o.type.align;
   h.type_hash = o.type.hash;
   std::memset(h.type_name, 0, sizeof h.type_name);
-  std::memcpy(h.type_name, o.type.name.data(), std::min(o.type.name.size(), sizeof h.type_name - 1));
+  // (An empty string_view may hold a null pointer: memcpy must not see it.)
+  if (!o.type.name.empty())
+    std::memcpy(h.type_name, o.type.name.data(), std::min(o.type.name.size(), sizeof h.type_name - 1));
   h.commit_salt = random_salt();
   h.created_ns = static_cast<std::uint64_t>(
       std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::system_clock::now().time_since_epoch())
@@ -262,14 +280,6 @@ template <class Slot>
 void finish_reclaim(Slot& slot, std::uint64_t word) noexcept {
   slot_word(slot).store(make_word(layout::slot_free, generation_of(word)), std::memory_order_release);
 }
-
-#if defined(__SANITIZE_THREAD__)
-#define SHMBUS_TSAN 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define SHMBUS_TSAN 1
-#endif
-#endif
 
 /// Orders the plain reads of a frame before the re-checks that validate
 /// them (the seqlock pattern). ThreadSanitizer does not model fences (g++

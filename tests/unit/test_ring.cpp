@@ -3,6 +3,7 @@
 // concurrent cases (run under ThreadSanitizer in CI).
 #include <shmbus/region.hpp>
 
+#include "core/sanitizers.hpp"
 #include "ring/ring.hpp"
 
 #include <catch2/catch.hpp>
@@ -346,16 +347,8 @@ TEST_CASE("threads: 4 publishers, 2 subscribers, block policy, nothing lost or r
   CHECK(cursors[1].sequence == publishers * per_publisher);
 }
 
-#if defined(__SANITIZE_THREAD__)
-#define SHMBUS_TEST_TSAN 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define SHMBUS_TEST_TSAN 1
-#endif
-#endif
-
 TEST_CASE("threads: under overwrite, a reader never accepts a payload a newer lap is writing", "[ring][threads]") {
-#ifdef SHMBUS_TEST_TSAN
+#ifdef SHMBUS_TSAN
   // This test races on purpose: the reader copies payload bytes that a
   // lapping writer may be rewriting, and validates the copy afterwards (the
   // seqlock pattern). ThreadSanitizer reports such a race whatever follows

@@ -1,0 +1,250 @@
+#include <shmbus/detail/doorbell.hpp>
+
+#include <shmbus/error.hpp>
+
+#include "core/syscall.hpp"
+#include "notify/doorbell_socket.hpp"
+
+#include <fmt/format.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <string_view>
+#include <vector>
+
+namespace shmbus::detail {
+namespace {
+
+using clock = std::chrono::steady_clock;
+
+/// At most this many descriptors are accepted in one reply (one is valid);
+/// the kernel closes any beyond what the control buffer holds.
+constexpr std::size_t max_received_fds = 8;
+
+/// One fetch: what every error message names, and the shared deadline.
+class fetch {
+ public:
+  fetch(const process_identity& owner, std::uint64_t id, std::chrono::milliseconds timeout)
+      : m_owner(owner),
+        m_id(id),
+        m_timeout(timeout),
+        m_deadline(clock::now() + timeout),
+        m_name(doorbell_socket_name(owner)),
+        m_shown(printable(m_name)) {}
+
+  [[noreturn]] void fail(doorbell_errc code, std::string_view why) const {
+    throw error(make_error_code(code), "fetch_doorbell", m_shown,
+                fmt::format("doorbell {} of pid {}: {}", m_id, m_owner.pid, why));
+  }
+  [[noreturn]] void fail_errno(int err, std::string_view operation) const {
+    throw_errno(err, operation, m_shown, fmt::format("doorbell {} of pid {}", m_id, m_owner.pid));
+  }
+  [[noreturn]] void fail_timeout(std::string_view waiting_for) const {
+    throw error(errc::timed_out, "fetch_doorbell", m_shown,
+                fmt::format("doorbell {} of pid {}: no {} within {} ms", m_id, m_owner.pid, waiting_for,
+                            m_timeout.count()));
+  }
+
+  /// Sets SO_SNDTIMEO or SO_RCVTIMEO to what is left of the deadline (a
+  /// zero timeval would mean "forever", so an expired deadline throws).
+  void arm(int fd, int option, std::string_view waiting_for) const {
+    const auto left = std::chrono::ceil<std::chrono::microseconds>(m_deadline - clock::now());
+    if (left <= std::chrono::microseconds::zero()) fail_timeout(waiting_for);
+    timeval tv{};
+    tv.tv_sec = static_cast<time_t>(left.count() / 1'000'000);
+    tv.tv_usec = static_cast<suseconds_t>(left.count() % 1'000'000);
+    if (::setsockopt(fd, SOL_SOCKET, option, &tv, sizeof tv) != 0) fail_errno(errno, "setsockopt");
+  }
+
+  event_fd run();
+
+ private:
+  void connect(int fd) const;
+  void check_server(int fd) const;
+  void send_request(int fd) const;
+  event_fd receive_reply(int fd) const;
+
+  const process_identity& m_owner;
+  std::uint64_t m_id;
+  std::chrono::milliseconds m_timeout;
+  clock::time_point m_deadline;
+  std::string m_name;
+  std::string m_shown;
+};
+
+event_fd fetch::run() {
+  if (m_owner.pid <= 0) fail(doorbell_errc::owner_dead, "not a process id");
+  unique_fd sock(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+  if (!sock) fail_errno(errno, "socket");
+  connect(sock.get());
+  check_server(sock.get());
+  send_request(sock.get());
+  return receive_reply(sock.get());
+}
+
+/* Connecting. No listener on the name (ECONNREFUSED) means the owner is
+ * dead or does not serve doorbells; is_alive tells which. A full backlog
+ * makes connect(2) wait, bounded by SO_SNDTIMEO (it then fails EAGAIN). */
+void fetch::connect(int fd) const {
+  const abstract_address address(m_name);
+  for (;;) {
+    arm(fd, SO_SNDTIMEO, "connection");
+    if (::connect(fd, address.get(), address.m_length) == 0) return;
+    const int err = errno;
+    switch (err) {
+      case EINTR: continue;   // still unconnected: try again
+      case EISCONN: return;   // an interrupted attempt completed meanwhile
+      case ECONNREFUSED:
+      case ENOENT:
+        if (!is_alive(m_owner)) fail(doorbell_errc::owner_dead, "the process is gone");
+        fail(doorbell_errc::not_serving, "the process is alive but nobody listens on its socket");
+      case EAGAIN:
+      case EINPROGRESS:
+      case ETIMEDOUT: fail_timeout("connection (the server's backlog is full)");
+      default: fail_errno(err, "connect");
+    }
+  }
+}
+
+/* Authenticating the server. Anyone may bind any abstract name, so the
+ * name proves nothing. SO_PEERCRED gives the pid that called listen() on
+ * the socket we reached: it must be the owner's pid, and that pid must
+ * still belong to a process started at the owner's start time (otherwise
+ * the owner died and a process that reused its pid holds the name). */
+void fetch::check_server(int fd) const {
+  ucred cred{};
+  socklen_t length = sizeof cred;
+  if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &length) != 0) fail_errno(errno, "getsockopt(SO_PEERCRED)");
+  if (length != sizeof cred) fail(doorbell_errc::bad_reply, "SO_PEERCRED returned a short record");
+  if (cred.pid != m_owner.pid)
+    fail(doorbell_errc::wrong_server,
+         fmt::format("the socket is held by pid {} (uid {}), not by the owner", cred.pid, cred.uid));
+  if (!is_alive(m_owner))
+    fail(doorbell_errc::owner_dead,
+         fmt::format("pid {} no longer has start time {}: the owner is gone and its pid was reused", m_owner.pid,
+                     m_owner.start_time));
+}
+
+void fetch::send_request(int fd) const {
+  const doorbell_wire::request request{doorbell_wire::request_magic, doorbell_wire::version, 0, m_id};
+  for (;;) {
+    arm(fd, SO_SNDTIMEO, "room to send the request");
+    const ssize_t n = ::send(fd, &request, sizeof request, MSG_NOSIGNAL);
+    if (n == static_cast<ssize_t>(sizeof request)) return;
+    if (n >= 0) fail(doorbell_errc::bad_reply, fmt::format("sent {} of {} bytes", n, sizeof request));
+    const int err = errno;
+    switch (err) {
+      case EINTR: continue;
+      case EAGAIN: fail_timeout("room to send the request");
+      case EPIPE:
+      case ECONNRESET: fail(doorbell_errc::bad_reply, "the server closed the connection before the request");
+      default: fail_errno(err, "send");
+    }
+  }
+}
+
+/* The reply: exactly one 16-byte message. With status ok it carries exactly
+ * one descriptor in one SOL_SOCKET/SCM_RIGHTS control message; anything
+ * else is a bad reply. Every descriptor received is owned at once (so
+ * extras are closed on every path), and received close-on-exec. */
+event_fd fetch::receive_reply(int fd) const {
+  alignas(8) unsigned char buffer[64];
+  alignas(cmsghdr) unsigned char control[CMSG_SPACE(sizeof(int) * max_received_fds)];
+  iovec iov{};
+  msghdr msg{};
+  ssize_t n = -1;
+  for (;;) {
+    arm(fd, SO_RCVTIMEO, "reply");
+    iov = {buffer, sizeof buffer};
+    msg = {};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof control;
+    n = ::recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
+    if (n >= 0) break;
+    const int err = errno;
+    if (err == EINTR) continue;
+    if (err == EAGAIN || err == EWOULDBLOCK) fail_timeout("reply");
+    if (err == ECONNRESET) fail(doorbell_errc::bad_reply, "the server reset the connection");
+    fail_errno(err, "recvmsg");
+  }
+
+  // Take every descriptor first, whatever else is wrong.
+  std::vector<unique_fd> fds;
+  bool odd_control = false;
+  if (msg.msg_controllen > 0) {
+    const unsigned char* const control_end = control + msg.msg_controllen;
+    for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+      if (c->cmsg_len < CMSG_LEN(0)) {
+        odd_control = true;
+        break;
+      }
+      if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) {
+        odd_control = true;
+        continue;
+      }
+      const unsigned char* data = CMSG_DATA(c);
+      std::size_t bytes = c->cmsg_len - CMSG_LEN(0);
+      if (data + bytes > control_end) {
+        odd_control = true;
+        bytes = static_cast<std::size_t>(control_end - data);
+      }
+      if (bytes % sizeof(int) != 0) odd_control = true;
+      for (std::size_t i = 0; i + sizeof(int) <= bytes; i += sizeof(int)) {
+        int received = -1;
+        std::memcpy(&received, data + i, sizeof received);
+        if (received >= 0) fds.emplace_back(received);
+      }
+    }
+  }
+
+  if (n == 0) fail(doorbell_errc::bad_reply, "the server closed the connection without replying");
+  if ((msg.msg_flags & MSG_CTRUNC) != 0)
+    fail(doorbell_errc::bad_reply, fmt::format("more than {} descriptors sent; control data cut", max_received_fds));
+  doorbell_wire::reply reply{};
+  if ((msg.msg_flags & MSG_TRUNC) != 0 || n != static_cast<ssize_t>(sizeof reply))
+    fail(doorbell_errc::bad_reply,
+         fmt::format("reply of {}{} bytes, expected {}", (msg.msg_flags & MSG_TRUNC) != 0 ? "over " : "", n,
+                     sizeof reply));
+  std::memcpy(&reply, buffer, sizeof reply);
+  if (reply.magic != doorbell_wire::reply_magic)
+    fail(doorbell_errc::bad_reply, fmt::format("bad magic {:#010x}", reply.magic));
+  if (reply.version != doorbell_wire::version)
+    fail(doorbell_errc::bad_reply,
+         fmt::format("protocol version {}, expected {}", reply.version, doorbell_wire::version));
+
+  switch (static_cast<doorbell_wire::status>(reply.status)) {
+    case doorbell_wire::status::ok: break;
+    case doorbell_wire::status::unknown_id: fail(doorbell_errc::unknown_id, "the owner serves no such doorbell");
+    case doorbell_wire::status::refused:
+      fail(doorbell_errc::refused,
+           fmt::format("the owner refused our credentials (uid {}, gid {})", ::geteuid(), ::getegid()));
+    case doorbell_wire::status::bad_request:
+      fail(doorbell_errc::bad_request, "the owner did not understand our request");
+    default: fail(doorbell_errc::bad_reply, fmt::format("unknown status {}", reply.status));
+  }
+  if (reply.id != m_id) fail(doorbell_errc::bad_reply, fmt::format("reply for doorbell {}", reply.id));
+  if (odd_control || fds.size() != 1)
+    fail(doorbell_errc::bad_reply,
+         fmt::format("expected one descriptor in one SCM_RIGHTS message, got {}{}", fds.size(),
+                     odd_control ? " and other control data" : ""));
+  try {
+    return event_fd::adopt(std::move(fds.front()));
+  } catch (const error& e) {
+    if (e.code() != errc::not_supported) throw;
+    fail(doorbell_errc::bad_reply, "the descriptor received is not an eventfd");
+  }
+}
+
+}  // namespace
+
+event_fd fetch_doorbell(const process_identity& owner, std::uint64_t id, std::chrono::milliseconds timeout) {
+  return fetch(owner, id, timeout).run();
+}
+
+}  // namespace shmbus::detail
