@@ -17,6 +17,8 @@
 
 #include <catch2/catch.hpp>
 
+#include "child_process.hpp"
+
 #include <fcntl.h>
 #include <grp.h>
 #include <poll.h>
@@ -49,28 +51,11 @@ using namespace std::chrono_literals;
 
 namespace {
 
+using shmbus::test::pipe_pair;
+
 constexpr auto guard_timeout = 10s;  // only a broken build ever waits this long
 
 // ---- small system helpers ----------------------------------------------
-
-struct pipe_pair {
-  int read_end = -1;
-  int write_end = -1;
-  pipe_pair() { REQUIRE(::pipe2(&read_end, O_CLOEXEC) == 0); }
-  pipe_pair(const pipe_pair&) = delete;
-  pipe_pair& operator=(const pipe_pair&) = delete;
-  ~pipe_pair() {
-    close_read();
-    close_write();
-  }
-  void close_read() {
-    if (read_end >= 0) ::close(std::exchange(read_end, -1));
-  }
-  void close_write() {
-    if (write_end >= 0) ::close(std::exchange(write_end, -1));
-  }
-};
-static_assert(sizeof(pipe_pair) == 2 * sizeof(int));
 
 /// Reads exactly `size` bytes, failing the test after guard_timeout; false
 /// at end of file.
@@ -245,15 +230,15 @@ class served_helper {
                           const_cast<char*>("10"),   const_cast<char*>("11"),    nullptr};
     posix_spawn_file_actions_t actions;
     REQUIRE(::posix_spawn_file_actions_init(&actions) == 0);
-    ::posix_spawn_file_actions_adddup2(&actions, m_report.write_end, 10);
-    ::posix_spawn_file_actions_adddup2(&actions, m_control.read_end, 11);
+    ::posix_spawn_file_actions_adddup2(&actions, m_report.write_end.get(), 10);
+    ::posix_spawn_file_actions_adddup2(&actions, m_control.read_end.get(), 11);
     const int spawned = ::posix_spawn(&m_pid, helper, &actions, nullptr, argv, environ);
     ::posix_spawn_file_actions_destroy(&actions);
     REQUIRE(spawned == 0);
-    m_report.close_write();
-    m_control.close_read();
+    m_report.write_end.reset();
+    m_control.read_end.reset();
     char ready = 0;
-    REQUIRE(read_exact(m_report.read_end, &ready, 1));
+    REQUIRE(read_exact(m_report.read_end.get(), &ready, 1));
     REQUIRE(ready == 'R');
     const auto identity = process_identity::of(m_pid);
     REQUIRE(identity.has_value());
@@ -275,15 +260,15 @@ class served_helper {
   /// The count the helper's task read from its eventfd, on its next wake-up.
   std::uint64_t next_wakeup() {
     std::uint64_t value = 0;
-    REQUIRE(read_exact(m_report.read_end, &value, sizeof value));
+    REQUIRE(read_exact(m_report.read_end.get(), &value, sizeof value));
     return value;
   }
 
   /// Stops the helper; returns its exit code and server statistics.
   std::pair<int, doorbell_server::statistics> stop() {
-    m_control.close_write();
+    m_control.write_end.reset();
     std::array<std::uint64_t, 6> c{};
-    const bool got = read_exact(m_report.read_end, c.data(), sizeof c);
+    const bool got = read_exact(m_report.read_end.get(), c.data(), sizeof c);
     const int code = reap(std::exchange(m_pid, -1));
     REQUIRE(got);
     return {code, {c[0], c[1], c[2], c[3], c[4], c[5]}};
@@ -638,8 +623,8 @@ TEST_CASE("a squatter on the owner's socket name is detected", "[doorbell][proce
     const pid_t squatter = ::fork();
     REQUIRE(squatter >= 0);
     if (squatter == 0) {
-      ::close(ready.read_end);
-      ::close(hold.write_end);
+      ::close(ready.read_end.get());
+      ::close(hold.write_end.get());
       // Binds OUR name (pid and start time of the parent) and listens.
       int fd = ::socket(AF_UNIX, SOCK_SEQPACKET, 0);
       sockaddr_un address{};
@@ -649,22 +634,22 @@ TEST_CASE("a squatter on the owner's socket name is detected", "[doorbell][proce
       const auto length = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + name.size());
       if (fd < 0 || ::bind(fd, reinterpret_cast<const sockaddr*>(&address), length) != 0 || ::listen(fd, 4) != 0)
         ::_exit(2);
-      if (::write(ready.write_end, "R", 1) != 1) ::_exit(3);
+      if (::write(ready.write_end.get(), "R", 1) != 1) ::_exit(3);
       char byte;
-      while (::read(hold.read_end, &byte, 1) > 0) {
+      while (::read(hold.read_end.get(), &byte, 1) > 0) {
       }
       ::_exit(0);
     }
-    ready.close_write();
-    hold.close_read();
+    ready.write_end.reset();
+    hold.read_end.reset();
     char byte = 0;
-    REQUIRE(read_exact(ready.read_end, &byte, 1));
+    REQUIRE(read_exact(ready.read_end.get(), &byte, 1));
 
     const auto [code, message] = error_of([&] { (void)fetch_doorbell(me, 1); });
     CHECK(code == doorbell_errc::wrong_server);
     CHECK(contains(message, "held by pid " + std::to_string(squatter)));
     CHECK(contains(message, "@" + shmbus::detail::doorbell_socket_name(me)));
-    hold.close_write();
+    hold.write_end.reset();
     CHECK(reap(squatter) == 0);
   }
 
@@ -723,7 +708,7 @@ TEST_CASE("malformed replies are rejected and leak no descriptor", "[doorbell][p
   const pid_t server = ::fork();
   REQUIRE(server >= 0);
   if (server == 0) {
-    ready.close_read();
+    ready.read_end.reset();
     const std::string name = shmbus::detail::doorbell_socket_name(process_identity::self());
     int listener = ::socket(AF_UNIX, SOCK_SEQPACKET, 0);
     sockaddr_un address{};
@@ -732,7 +717,7 @@ TEST_CASE("malformed replies are rejected and leak no descriptor", "[doorbell][p
     const auto length = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + name.size());
     if (::bind(listener, reinterpret_cast<const sockaddr*>(&address), length) != 0 || ::listen(listener, 4) != 0)
       ::_exit(2);
-    if (::write(ready.write_end, "R", 1) != 1) ::_exit(3);
+    if (::write(ready.write_end.get(), "R", 1) != 1) ::_exit(3);
     shmbus::event_fd e1, e2;
     for (int i = 0; i < static_cast<int>(fake::count); ++i) {
       const int conn = ::accept(listener, nullptr, nullptr);
@@ -780,9 +765,9 @@ TEST_CASE("malformed replies are rejected and leak no descriptor", "[doorbell][p
     }
     ::_exit(0);
   }
-  ready.close_write();
+  ready.write_end.reset();
   char byte = 0;
-  REQUIRE(read_exact(ready.read_end, &byte, 1));
+  REQUIRE(read_exact(ready.read_end.get(), &byte, 1));
   const auto owner = process_identity::of(server);
   REQUIRE(owner.has_value());
 

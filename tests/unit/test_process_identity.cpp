@@ -6,6 +6,8 @@
 
 #include <catch2/catch.hpp>
 
+#include "child_process.hpp"
+
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
@@ -32,6 +34,8 @@ using shmbus::detail::process_identity;
 
 namespace {
 
+using shmbus::test::pipe_pair;
+
 std::string read_file(const std::string& path) {
   std::ifstream in(path);
   std::stringstream s;
@@ -57,39 +61,18 @@ std::uint64_t start_time_from_end(const std::string& line, std::size_t fields) {
 
 std::size_t kernel_stat_fields() { return split(read_file("/proc/self/stat")).size(); }
 
-/// A pipe whose ends close on exec.
-struct pipe_pair {
-  int read_end = -1;
-  int write_end = -1;
-  pipe_pair() { REQUIRE(::pipe2(&read_end, O_CLOEXEC) == 0); }
-  pipe_pair(const pipe_pair&) = delete;
-  pipe_pair& operator=(const pipe_pair&) = delete;
-  ~pipe_pair() {
-    close_read();
-    close_write();
-  }
-  void close_read() {
-    if (read_end >= 0) ::close(std::exchange(read_end, -1));
-  }
-  void close_write() {
-    if (write_end >= 0) ::close(std::exchange(write_end, -1));
-  }
-};
-
-static_assert(sizeof(pipe_pair) == 2 * sizeof(int));
-
 /// Forks a child that blocks reading `p` until end of file, then exits 0.
 pid_t fork_blocked_child(pipe_pair& p) {
   const pid_t child = ::fork();
   REQUIRE(child >= 0);
   if (child == 0) {
-    ::close(p.write_end);
+    ::close(p.write_end.get());
     char byte;
-    while (::read(p.read_end, &byte, 1) > 0) {
+    while (::read(p.read_end.get(), &byte, 1) > 0) {
     }
     ::_exit(0);
   }
-  p.close_read();
+  p.read_end.reset();
   return child;
 }
 
@@ -176,7 +159,7 @@ TEST_CASE("a child is alive while blocked, dead as a zombie and once reaped", "[
     REQUIRE(::kill(child, SIGCONT) == 0);
   }
 
-  p.close_write();  // the child reads end of file and exits
+  p.write_end.reset();  // the child reads end of file and exits
   wait_until_zombie(child);
   CHECK(read_file("/proc/" + std::to_string(child) + "/stat").find(") Z ") != std::string::npos);
   CHECK_FALSE(is_alive(*id));
@@ -193,12 +176,12 @@ TEST_CASE("a process whose main thread exited while another runs is alive", "[pr
   const pid_t child = ::fork();
   REQUIRE(child >= 0);
   if (child == 0) {
-    ::close(p.write_end);
-    ::close(ready.read_end);
+    ::close(p.write_end.get());
+    ::close(ready.read_end.get());
     static int s_read_end;
     static int s_ready;
-    s_read_end = p.read_end;
-    s_ready = ready.write_end;
+    s_read_end = p.read_end.get();
+    s_ready = ready.write_end.get();
     pthread_t thread;
     auto body = [](void*) -> void* {
       char byte;
@@ -213,10 +196,10 @@ TEST_CASE("a process whose main thread exited while another runs is alive", "[pr
     ::syscall(SYS_exit, 0);
     ::_exit(3);
   }
-  p.close_read();
-  ready.close_write();
+  p.read_end.reset();
+  ready.write_end.reset();
   char byte;
-  REQUIRE(::read(ready.read_end, &byte, 1) == 0);
+  REQUIRE(::read(ready.read_end.get(), &byte, 1) == 0);
 
   const auto id = process_identity::of(child);
   REQUIRE(id.has_value());
@@ -235,7 +218,7 @@ TEST_CASE("a process whose main thread exited while another runs is alive", "[pr
   CHECK(is_alive(*id));
   CHECK(process_identity::of(child) == id);
 
-  p.close_write();
+  p.write_end.reset();
   CHECK(reap(child) == 0);
   CHECK_FALSE(is_alive(*id));
 }
@@ -249,23 +232,23 @@ TEST_CASE("a comm containing ') (' parses after the last ')'", "[process_identit
     const pid_t child = ::fork();
     REQUIRE(child >= 0);
     if (child == 0) {
-      ::close(go.write_end);
-      ::close(renamed.read_end);
+      ::close(go.write_end.get());
+      ::close(renamed.read_end.get());
       char byte;
-      if (::read(go.read_end, &byte, 1) != 1) ::_exit(2);
+      if (::read(go.read_end.get(), &byte, 1) != 1) ::_exit(2);
       if (::prctl(PR_SET_NAME, "we ird) (name", 0, 0, 0) != 0) ::_exit(3);
-      if (::write(renamed.write_end, "n", 1) != 1) ::_exit(4);
-      while (::read(go.read_end, &byte, 1) > 0) {
+      if (::write(renamed.write_end.get(), "n", 1) != 1) ::_exit(4);
+      while (::read(go.read_end.get(), &byte, 1) > 0) {
       }
       ::_exit(0);
     }
-    go.close_read();
-    renamed.close_write();
+    go.read_end.reset();
+    renamed.write_end.reset();
     const auto before = process_identity::of(child);
     REQUIRE(before.has_value());
-    REQUIRE(::write(go.write_end, "g", 1) == 1);
+    REQUIRE(::write(go.write_end.get(), "g", 1) == 1);
     char byte;
-    REQUIRE(::read(renamed.read_end, &byte, 1) == 1);
+    REQUIRE(::read(renamed.read_end.get(), &byte, 1) == 1);
 
     const std::string dir = "/proc/" + std::to_string(child);
     CHECK(read_file(dir + "/comm") == "we ird) (name\n");
@@ -274,7 +257,7 @@ TEST_CASE("a comm containing ') (' parses after the last ')'", "[process_identit
     CHECK(after == before);
     CHECK(after->start_time == start_time_from_end(read_file(dir + "/stat"), fields));
     CHECK(is_alive(*after));
-    go.close_write();
+    go.write_end.reset();
     CHECK(reap(child) == 0);
     CHECK_FALSE(is_alive(*after));
   }
@@ -292,20 +275,20 @@ TEST_CASE("a comm containing ') (' parses after the last ')'", "[process_identit
     pipe_pair output;
     posix_spawn_file_actions_t actions;
     REQUIRE(::posix_spawn_file_actions_init(&actions) == 0);
-    REQUIRE(::posix_spawn_file_actions_adddup2(&actions, input.read_end, 0) == 0);
-    REQUIRE(::posix_spawn_file_actions_adddup2(&actions, output.write_end, 1) == 0);
+    REQUIRE(::posix_spawn_file_actions_adddup2(&actions, input.read_end.get(), 0) == 0);
+    REQUIRE(::posix_spawn_file_actions_adddup2(&actions, output.write_end.get(), 1) == 0);
     const std::string link_path = link.string();
     char* const argv[] = {const_cast<char*>(link_path.c_str()), const_cast<char*>("block"), nullptr};
     pid_t child = -1;
     const int spawned = ::posix_spawn(&child, link_path.c_str(), &actions, nullptr, argv, environ);
     ::posix_spawn_file_actions_destroy(&actions);
     REQUIRE(spawned == 0);
-    input.close_read();
-    output.close_write();
+    input.read_end.reset();
+    output.write_end.reset();
     // posix_spawn returns when the exec has replaced the memory, which is
     // before the kernel sets the new comm: wait for the program to speak.
     char byte;
-    REQUIRE(::read(output.read_end, &byte, 1) == 1);
+    REQUIRE(::read(output.read_end.get(), &byte, 1) == 1);
 
     const std::string proc = "/proc/" + std::to_string(child);
     CHECK(read_file(proc + "/comm") == "we ird) (name\n");
@@ -314,7 +297,7 @@ TEST_CASE("a comm containing ') (' parses after the last ')'", "[process_identit
     CHECK(id->start_time == start_time_from_end(read_file(proc + "/stat"), fields));
     CHECK(is_alive(*id));
 
-    input.close_write();
+    input.write_end.reset();
     CHECK(reap(child) == 0);
     CHECK_FALSE(is_alive(*id));
     std::filesystem::remove_all(dir);
