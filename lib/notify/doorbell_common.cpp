@@ -2,8 +2,11 @@
 
 #include "notify/doorbell_socket.hpp"
 
+#include "core/syscall.hpp"
+
 #include <fmt/format.h>
 
+#include <cerrno>
 #include <cstring>
 
 namespace shmbus::detail {
@@ -60,6 +63,28 @@ abstract_address::abstract_address(std::string_view name) {
   m_address.sun_path[0] = '\0';
   std::memcpy(m_address.sun_path + 1, name.data(), name.size());
   m_length = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + name.size());
+}
+
+ssize_t send_with_fds(int socket, std::span<const std::byte> bytes, std::span<const int> fds, int flags) noexcept {
+  if (fds.size() > max_fds_per_message) {
+    errno = EINVAL;
+    return -1;
+  }
+  iovec iov{const_cast<std::byte*>(bytes.data()), bytes.size()};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  alignas(cmsghdr) unsigned char control[CMSG_SPACE(max_fds_per_message * sizeof(int))] = {};
+  if (!fds.empty()) {
+    msg.msg_control = control;
+    msg.msg_controllen = CMSG_SPACE(fds.size() * sizeof(int));
+    cmsghdr* c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(fds.size() * sizeof(int));
+    std::memcpy(CMSG_DATA(c), fds.data(), fds.size() * sizeof(int));
+  }
+  return retry_on_eintr([&] { return ::sendmsg(socket, &msg, flags); });
 }
 
 }  // namespace shmbus::detail

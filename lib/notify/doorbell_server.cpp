@@ -65,22 +65,11 @@ using state_ptr = std::shared_ptr<doorbell_server_state>;
 /// 16 bytes on a fresh connection whose send buffer is empty, so it fits;
 /// if the client is already gone (EPIPE, ECONNRESET) there is nobody to tell.
 bool send_reply(int conn, status st, std::uint64_t id, int fd) noexcept {
-  doorbell_wire::reply reply{doorbell_wire::reply_magic, doorbell_wire::version, static_cast<std::uint16_t>(st), id};
-  iovec iov{&reply, sizeof reply};
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  alignas(cmsghdr) unsigned char control[CMSG_SPACE(sizeof(int))] = {};
-  if (fd >= 0) {
-    msg.msg_control = control;
-    msg.msg_controllen = sizeof control;
-    cmsghdr* c = CMSG_FIRSTHDR(&msg);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int));
-    std::memcpy(CMSG_DATA(c), &fd, sizeof fd);
-  }
-  const ssize_t r = retry_on_eintr([&] { return ::sendmsg(conn, &msg, MSG_DONTWAIT | MSG_NOSIGNAL); });
+  const doorbell_wire::reply reply{doorbell_wire::reply_magic, doorbell_wire::version,
+                                   static_cast<std::uint16_t>(st), id};
+  const ssize_t r = send_with_fds(conn, std::as_bytes(std::span(&reply, 1)),
+                                  fd >= 0 ? std::span<const int>(&fd, 1) : std::span<const int>(),
+                                  MSG_DONTWAIT | MSG_NOSIGNAL);
   return r == static_cast<ssize_t>(sizeof reply);
 }
 

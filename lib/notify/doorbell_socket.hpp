@@ -7,6 +7,7 @@
 #include <sys/un.h>
 
 #include <cstddef>
+#include <span>
 #include <string>
 #include <string_view>
 
@@ -21,6 +22,15 @@ struct abstract_address {
   explicit abstract_address(std::string_view name);
   const sockaddr* get() const noexcept { return reinterpret_cast<const sockaddr*>(&m_address); }
 };
+
+/// Most descriptors send_with_fds attaches to one message.
+inline constexpr std::size_t max_fds_per_message = 4;
+
+/// Sends `bytes` as one message with `fds` attached as SCM_RIGHTS (none
+/// when empty), retrying EINTR. Returns sendmsg's result; -1 with EINVAL
+/// for more than max_fds_per_message descriptors.
+SHMBUS_API ssize_t send_with_fds(int socket, std::span<const std::byte> bytes, std::span<const int> fds,
+                                 int flags) noexcept;
 
 /// "@<name>", as tools and error messages show an abstract name.
 inline std::string printable(std::string_view name) { return "@" + std::string(name); }

@@ -18,6 +18,7 @@
 #include <catch2/catch.hpp>
 
 #include "child_process.hpp"
+#include "notify/doorbell_socket.hpp"
 
 #include <fcntl.h>
 #include <grp.h>
@@ -161,23 +162,9 @@ raw_reply receive_raw(int fd) {
 
 /// Sends `bytes` as one message, with `fd_to_pass` as SCM_RIGHTS if >= 0.
 void send_raw(int fd, const void* bytes, std::size_t size, int fd_to_pass = -1) {
-  iovec iov{const_cast<void*>(bytes), size};
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  alignas(cmsghdr) unsigned char control[CMSG_SPACE(sizeof(int))] = {};
-  if (fd_to_pass >= 0) {
-    msg.msg_control = control;
-    msg.msg_controllen = sizeof control;
-    cmsghdr* c = CMSG_FIRSTHDR(&msg);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int));
-    std::memcpy(CMSG_DATA(c), &fd_to_pass, sizeof fd_to_pass);
-  }
-  ssize_t sent;
-  do sent = ::sendmsg(fd, &msg, MSG_NOSIGNAL);
-  while (sent < 0 && errno == EINTR);
+  const ssize_t sent = shmbus::detail::send_with_fds(
+      fd, std::span(static_cast<const std::byte*>(bytes), size),
+      fd_to_pass >= 0 ? std::span<const int>(&fd_to_pass, 1) : std::span<const int>(), MSG_NOSIGNAL);
   REQUIRE(sent == static_cast<ssize_t>(size));
 }
 
@@ -743,21 +730,9 @@ TEST_CASE("malformed replies are rejected and leak no descriptor", "[doorbell][p
         case fake::count: break;
       }
       if (size > 0) {
-        iovec iov{&reply, size};
-        alignas(cmsghdr) unsigned char control[CMSG_SPACE(2 * sizeof(int))] = {};
-        msghdr msg{};
-        msg.msg_iov = &iov;
-        msg.msg_iovlen = 1;
-        if (nfds > 0) {
-          msg.msg_control = control;
-          msg.msg_controllen = CMSG_SPACE(static_cast<std::size_t>(nfds) * sizeof(int));
-          cmsghdr* c = CMSG_FIRSTHDR(&msg);
-          c->cmsg_level = SOL_SOCKET;
-          c->cmsg_type = SCM_RIGHTS;
-          c->cmsg_len = CMSG_LEN(static_cast<std::size_t>(nfds) * sizeof(int));
-          std::memcpy(CMSG_DATA(c), fds, static_cast<std::size_t>(nfds) * sizeof(int));
-        }
-        if (::sendmsg(conn, &msg, MSG_NOSIGNAL) < 0) ::_exit(7);
+        const auto payload = std::span(reinterpret_cast<const std::byte*>(&reply), size);
+        const auto attached = std::span<const int>(fds, static_cast<std::size_t>(nfds));
+        if (shmbus::detail::send_with_fds(conn, payload, attached, MSG_NOSIGNAL) < 0) ::_exit(7);
       }
       ::close(p[0]);
       ::close(p[1]);

@@ -22,6 +22,8 @@
 #include <catch2/catch.hpp>
 
 #include "child_process.hpp"
+#include "region_patterns.hpp"
+#include "notify/doorbell_socket.hpp"
 #include <fmt/format.h>
 
 #include <fcntl.h>
@@ -45,24 +47,15 @@ using shmbus::test::pipe_pair;
 
 namespace {
 
+using shmbus::test::fill;
+using shmbus::test::holds;
+using shmbus::test::pattern_a;
+using shmbus::test::pattern_b;
+using shmbus::test::pattern_c;
+
 namespace fs = std::filesystem;
 
-// Patterns the test and region_helper agree on.
-constexpr unsigned pattern_a = 0xa1;
-constexpr unsigned pattern_b = 0xb2;
-constexpr unsigned pattern_c = 0xc3;
-
 const std::size_t page = region::page_size();
-
-void fill(std::span<std::byte> bytes, unsigned seed) {
-  for (std::size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<std::byte>((i * 31 + seed) & 0xff);
-}
-
-bool holds(std::span<const std::byte> bytes, unsigned seed) {
-  for (std::size_t i = 0; i < bytes.size(); ++i)
-    if (bytes[i] != static_cast<std::byte>((i * 31 + seed) & 0xff)) return false;
-  return true;
-}
 
 std::string unique_name(std::string_view tag) {
   static int counter = 0;
@@ -160,23 +153,8 @@ starter exec_peer(std::string how, std::string object, std::size_t size, std::ve
 
 // The sending half of SCM_RIGHTS: one byte of payload carries one fd.
 void send_fd(int socket, int fd) {
-  char byte = 'f';
-  iovec iov{&byte, 1};
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = control;
-  msg.msg_controllen = sizeof control;
-  cmsghdr* c = CMSG_FIRSTHDR(&msg);
-  c->cmsg_level = SOL_SOCKET;
-  c->cmsg_type = SCM_RIGHTS;
-  c->cmsg_len = CMSG_LEN(sizeof(int));
-  std::memcpy(CMSG_DATA(c), &fd, sizeof fd);
-  ssize_t n = 0;
-  do n = ::sendmsg(socket, &msg, MSG_NOSIGNAL);
-  while (n == -1 && errno == EINTR);
-  REQUIRE(n == 1);
+  const std::byte byte{'f'};
+  REQUIRE(shmbus::detail::send_with_fds(socket, std::span(&byte, 1), std::span(&fd, 1), MSG_NOSIGNAL) == 1);
 }
 
 }  // namespace

@@ -16,6 +16,7 @@
 // wait for a byte on <wait-fd>; check the first half now holds pattern C.
 // Exit status 0 means every check passed; others say which one failed.
 #include <shmbus/region.hpp>
+#include "region_patterns.hpp"
 
 #include <fcntl.h>
 #include <sys/socket.h>
@@ -34,20 +35,13 @@
 
 namespace {
 
+using shmbus::test::fill;
+using shmbus::test::holds;
+using shmbus::test::pattern_a;
+using shmbus::test::pattern_b;
+using shmbus::test::pattern_c;
+
 // Patterns the test and this helper agree on (tests/integration/test_region_processes.cpp).
-constexpr unsigned pattern_a = 0xa1;
-constexpr unsigned pattern_b = 0xb2;
-constexpr unsigned pattern_c = 0xc3;
-
-void fill(std::span<std::byte> bytes, unsigned seed) {
-  for (std::size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<std::byte>((i * 31 + seed) & 0xff);
-}
-
-bool holds(std::span<const std::byte> bytes, unsigned seed) {
-  for (std::size_t i = 0; i < bytes.size(); ++i)
-    if (bytes[i] != static_cast<std::byte>((i * 31 + seed) & 0xff)) return false;
-  return true;
-}
 
 int fail(int code, const char* what) {
   std::fprintf(stderr, "region_helper: %s\n", what);

@@ -7,6 +7,8 @@
 #include <shmbus/region.hpp>
 
 #include <catch2/catch.hpp>
+
+#include "region_patterns.hpp"
 #include <fmt/format.h>
 
 #include <fcntl.h>
@@ -43,6 +45,9 @@ using shmbus::sync_mode;
 using Catch::Matchers::Contains;
 
 namespace {
+
+using shmbus::test::fill;
+using shmbus::test::holds;
 
 namespace fs = std::filesystem;
 
@@ -103,16 +108,6 @@ std::optional<shmbus::error> error_of(F&& f) {
     return e;
   }
   return std::nullopt;
-}
-
-void fill(std::span<std::byte> bytes, unsigned seed) {
-  for (std::size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<std::byte>((i * 31 + seed) & 0xff);
-}
-
-bool holds(std::span<const std::byte> bytes, unsigned seed) {
-  for (std::size_t i = 0; i < bytes.size(); ++i)
-    if (bytes[i] != static_cast<std::byte>((i * 31 + seed) & 0xff)) return false;
-  return true;
 }
 
 bool all_zero(std::span<const std::byte> bytes) {
