@@ -110,6 +110,11 @@ class SHMBUS_API scheduler {
   /// True when called on the thread that owns this scheduler.
   bool on_owner_thread() const noexcept { return std::this_thread::get_id() == m_owner; }
 
+  /// The scheduler whose run() is driving the calling thread, or nullptr.
+  /// Awaitables that are not handed a scheduler (a channel's next(), a
+  /// publisher held back) wait on this one: one thread, one loop.
+  static scheduler* current() noexcept;
+
   // ---- awaitables -------------------------------------------------------
 
   /// Awaitable that requeues the awaiting coroutine on this scheduler: a

@@ -27,6 +27,7 @@
 // thread while the parent is still inside await_suspend.
 #pragma once
 
+#include <shmbus/detail/frame_cache.hpp>
 #include <shmbus/error.hpp>
 
 #include <atomic>
@@ -62,6 +63,15 @@ const std::stop_token& stop_token_of(std::coroutine_handle<Promise> h) noexcept 
 
 class task_promise_base {
  public:
+  // Frames come from the heap, or from a frame_cache passed as the first
+  // argument (see frame_cache.hpp).
+  static void* operator new(std::size_t n) { return allocate_frame(n, nullptr); }
+  template <class... Args>
+  static void* operator new(std::size_t n, frame_cache& cache, Args&...) {
+    return allocate_frame(n, &cache);
+  }
+  static void operator delete(void* frame, std::size_t n) noexcept { free_frame(frame, n); }
+
   std::suspend_always initial_suspend() const noexcept { return {}; }
 
   struct final_awaiter {

@@ -437,11 +437,12 @@ void ring::unregister_subscriber(std::uint32_t index) noexcept {
              std::memory_order_release);
 }
 
-void ring::publish_position(std::uint32_t index, const ring_cursor& cursor) noexcept {
+void ring::publish_position(std::uint32_t index, const ring_cursor& cursor, bool then_check_waiters) noexcept {
   layout::subscriber_slot& slot = m_subscribers[index];
   shared(slot.sequence).store(cursor.sequence, std::memory_order_relaxed);
   // release: publishers that acquire the position may reuse the bytes before it.
-  shared(slot.position).store(cursor.position, std::memory_order_release);
+  shared(slot.position)
+      .store(cursor.position, then_check_waiters ? std::memory_order_seq_cst : std::memory_order_release);
 }
 
 void ring::write_frame_header(std::uint64_t position, std::uint32_t length, std::uint16_t type,
@@ -455,15 +456,42 @@ void ring::write_frame_header(std::uint64_t position, std::uint32_t length, std:
   shared(f.sequence).store(sequence, std::memory_order_relaxed);
 }
 
-void ring::store_commit(std::uint64_t position) noexcept {
-  // release: the header fields and payload written before are visible to a
-  // reader that acquires this value.
-  shared(frame_at(position).commit).store(position ^ m_salt, std::memory_order_release);
+void ring::store_commit(std::uint64_t position, std::memory_order order) noexcept {
+  // release (at least): the header fields and payload written before are
+  // visible to a reader that acquires this value.
+  shared(frame_at(position).commit).store(position ^ m_salt, order);
+}
+std::uint64_t ring::load_commit(std::uint64_t position) const noexcept {
+  // seq_cst, for the parking handshake (see park_subscriber); on x86-64 it
+  // is the same plain load as acquire.
+  return shared(frame_at(position).commit).load(std::memory_order_seq_cst);
 }
 
-std::uint64_t ring::load_commit(std::uint64_t position) const noexcept {
-  return shared(frame_at(position).commit).load(std::memory_order_acquire);
+namespace {
+
+std::uint64_t take_bits(std::uint64_t& word) noexcept {
+  auto w = shared(word);
+  const std::uint64_t bits = w.load(std::memory_order_seq_cst);
+  if (bits == 0) return 0;
+  return w.fetch_and(~bits, std::memory_order_acq_rel) & bits;
 }
+
+}  // namespace
+
+void ring::park_subscriber(std::uint32_t index) noexcept {
+  shared(m_header->parked_subscribers).fetch_or(std::uint64_t{1} << index, std::memory_order_seq_cst);
+}
+void ring::unpark_subscriber(std::uint32_t index) noexcept {
+  shared(m_header->parked_subscribers).fetch_and(~(std::uint64_t{1} << index), std::memory_order_relaxed);
+}
+std::uint64_t ring::take_parked_subscribers() noexcept { return take_bits(m_header->parked_subscribers); }
+void ring::park_publisher(std::uint32_t index) noexcept {
+  shared(m_header->waiting_publishers).fetch_or(std::uint64_t{1} << index, std::memory_order_seq_cst);
+}
+void ring::unpark_publisher(std::uint32_t index) noexcept {
+  shared(m_header->waiting_publishers).fetch_and(~(std::uint64_t{1} << index), std::memory_order_relaxed);
+}
+std::uint64_t ring::take_waiting_publishers() noexcept { return take_bits(m_header->waiting_publishers); }
 
 claim_status ring::try_claim(std::uint32_t length, std::uint32_t publisher_index, claim& out) noexcept {
   if (length > m_max_message) return claim_status::too_large;
@@ -509,17 +537,29 @@ claim_status ring::try_claim(std::uint32_t length, std::uint32_t publisher_index
 }
 
 void ring::commit(const claim& c, std::uint32_t publisher_index) noexcept {
+  commit_as(c, publisher_index, layout::frame_data);
+}
+
+void ring::abandon(const claim& c, std::uint32_t publisher_index) noexcept {
+  commit_as(c, publisher_index, layout::frame_aborted);
+}
+
+void ring::commit_as(const claim& c, std::uint32_t publisher_index, std::uint16_t type) noexcept {
   if (c.frame_position != c.claim_position) {
     const std::uint64_t padding = c.frame_position - c.claim_position;
     write_frame_header(c.claim_position, static_cast<std::uint32_t>(padding - layout::frame_header_size),
                        layout::frame_padding, c.sequence, publisher_index);
     store_commit(c.claim_position);
   }
-  write_frame_header(c.frame_position, c.length, layout::frame_data, c.sequence, publisher_index);
-  store_commit(c.frame_position);
+  write_frame_header(c.frame_position, c.length, type, c.sequence, publisher_index);
+  store_commit(c.frame_position, std::memory_order_seq_cst);
   layout::publisher_slot& me = m_publishers[publisher_index];
   shared(me.intent_position).store(~std::uint64_t{0}, std::memory_order_release);
-  shared(me.published).fetch_add(1, std::memory_order_relaxed);
+  // Only the slot's owner writes its counter: no read-modify-write needed.
+  if (type == layout::frame_data) {
+    auto published = shared(me.published);
+    published.store(published.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  }
 }
 
 read_status ring::try_read(ring_cursor& cursor, frame& out, std::uint64_t& missed) const noexcept {
@@ -602,6 +642,38 @@ ring_cursor ring::oldest() const noexcept {
   const ring_cursor tail = newest();
   if (tail.position <= m_capacity) return {0, 0};
   return {((tail.position - m_capacity) + m_mask) & ~m_mask, unknown_sequence};
+}
+
+}  // namespace shmbus::detail
+
+namespace shmbus::detail {
+namespace {
+
+template <class Slot>
+ring::slot_owner owner_of(Slot& slot) noexcept {
+  ring::slot_owner o;
+  o.incarnation = slot_word(slot).load(std::memory_order_acquire);
+  o.pid = shared(slot.pid).load(std::memory_order_relaxed);
+  o.start_time = shared(slot.start_time).load(std::memory_order_relaxed);
+  o.doorbell_id = shared(slot.doorbell_id).load(std::memory_order_acquire);
+  return o;
+}
+
+}  // namespace
+
+ring::slot_owner ring::subscriber_owner(std::uint32_t index) const noexcept { return owner_of(m_subscribers[index]); }
+ring::slot_owner ring::publisher_owner(std::uint32_t index) const noexcept { return owner_of(m_publishers[index]); }
+
+void ring::set_subscriber_doorbell(std::uint32_t index, std::uint64_t id) noexcept {
+  shared(m_subscribers[index].doorbell_id).store(id, std::memory_order_release);
+}
+void ring::set_publisher_doorbell(std::uint32_t index, std::uint64_t id) noexcept {
+  shared(m_publishers[index].doorbell_id).store(id, std::memory_order_release);
+}
+
+void ring::count_delivered(std::uint32_t index, std::uint64_t received, std::uint64_t missed) noexcept {
+  shared(m_subscribers[index].received).store(received, std::memory_order_relaxed);
+  shared(m_subscribers[index].missed).store(missed, std::memory_order_relaxed);
 }
 
 }  // namespace shmbus::detail

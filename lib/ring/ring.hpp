@@ -34,8 +34,10 @@
 // to address memory; geometry is copied into this object once, at attach.
 #pragma once
 
+#include <shmbus/detail/claim_ticket.hpp>
 #include <shmbus/detail/ring_layout.hpp>
 
+#include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -153,27 +155,62 @@ class ring {
   /// publisher can lap it (see ring.cpp).
   int register_subscriber(std::int32_t pid, std::uint64_t start_time, bool from_oldest, ring_cursor& cursor) noexcept;
   void unregister_subscriber(std::uint32_t index) noexcept;
-  /// Tells publishers how far subscriber `index` has read (release).
-  void publish_position(std::uint32_t index, const ring_cursor& cursor) noexcept;
+  /// Tells publishers how far subscriber `index` has read (release; seq_cst
+  /// when `then_check_waiters`: the caller loads waiting_publishers next).
+  void publish_position(std::uint32_t index, const ring_cursor& cursor, bool then_check_waiters = false) noexcept;
 
   // ---- publishing ----------------------------------------------------------
 
   /// A claimed, not yet committed data frame.
-  struct claim {
-    std::uint64_t claim_position = 0;  ///< start of the claim (a padding frame may come first)
-    std::uint64_t frame_position = 0;  ///< start of the data frame
-    std::uint64_t sequence = 0;
-    std::byte* payload = nullptr;
-    std::uint32_t length = 0;
-  };
+  using claim = claim_ticket;
 
   /// Claims room for a payload of `length` bytes (steps 1-4 above).
   /// `publisher_index` is the caller's slot. Never blocks; never throws.
   claim_status try_claim(std::uint32_t length, std::uint32_t publisher_index, claim& out) noexcept;
-  /// Publishes a claimed frame (step 5).
+  /// Publishes a claimed frame (step 5). The data frame's commit word is
+  /// stored seq_cst: with parked_subscribers() after it, this is one half
+  /// of the parking handshake (a subscriber parks, then re-reads the commit
+  /// word seq_cst: either it sees the frame or we see its parked bit).
   void commit(const claim& c, std::uint32_t publisher_index) noexcept;
+  /// Gives a claim up: it is committed as an aborted frame, which readers
+  /// skip without counting it as missed (a loan dropped without commit).
+  void abandon(const claim& c, std::uint32_t publisher_index) noexcept;
   /// The position of the slowest active subscriber, or the tail if none.
   std::uint64_t slowest_subscriber() noexcept;
+
+  /// Who holds a slot now (read from shared memory, so possibly already
+  /// stale): its incarnation (state and generation word), process, doorbell.
+  struct slot_owner {
+    std::uint64_t incarnation = 0;
+    std::int32_t pid = 0;
+    std::uint64_t start_time = 0;
+    std::uint64_t doorbell_id = 0;
+  };
+  slot_owner subscriber_owner(std::uint32_t index) const noexcept;
+  slot_owner publisher_owner(std::uint32_t index) const noexcept;
+  /// Records the doorbell a slot's owner sleeps on (before it first parks).
+  void set_subscriber_doorbell(std::uint32_t index, std::uint64_t id) noexcept;
+  void set_publisher_doorbell(std::uint32_t index, std::uint64_t id) noexcept;
+  /// Statistics kept in the subscriber's slot for tools (relaxed).
+  void count_delivered(std::uint32_t index, std::uint64_t received, std::uint64_t missed) noexcept;
+
+  // ---- parking -----------------------------------------------------------------
+  //
+  // A subscriber that found nothing sets its bit in parked_subscribers
+  // (seq_cst), re-reads the ring, and sleeps on its doorbell. A publisher,
+  // after each commit, loads the word (seq_cst; a plain load on x86-64) and
+  // clears and rings the bits it found. Publishers held back under the
+  // block policy use waiting_publishers the same way, rung by subscribers
+  // after they free room.
+
+  void park_subscriber(std::uint32_t index) noexcept;
+  void unpark_subscriber(std::uint32_t index) noexcept;
+  /// The parked subscribers' bits, cleared by this call: the caller rings
+  /// exactly these. 0, with one load and no write, when nobody is parked.
+  std::uint64_t take_parked_subscribers() noexcept;
+  void park_publisher(std::uint32_t index) noexcept;
+  void unpark_publisher(std::uint32_t index) noexcept;
+  std::uint64_t take_waiting_publishers() noexcept;
 
   // ---- reading ---------------------------------------------------------------
 
@@ -216,7 +253,8 @@ class ring {
   }
   void write_frame_header(std::uint64_t position, std::uint32_t length, std::uint16_t type,
                           std::uint64_t sequence, std::uint32_t publisher_index) noexcept;
-  void store_commit(std::uint64_t position) noexcept;
+  void store_commit(std::uint64_t position, std::memory_order order = std::memory_order_release) noexcept;
+  void commit_as(const claim& c, std::uint32_t publisher_index, std::uint16_t type) noexcept;
   bool unchanged_since(std::uint64_t position, std::uint64_t commit) const noexcept;
   std::uint64_t load_commit(std::uint64_t position) const noexcept;
 

@@ -12,6 +12,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <fstream>
 #include <string>
@@ -87,6 +88,34 @@ void event_fd::wait_awaitable::prep(io_operation& self, io_uring_sqe& sqe) noexc
 std::uint64_t event_fd::wait_awaitable::await_resume() {
   const int r = finish();
   if (r == -ECANCELED) throw error(errc::cancelled, "wait", describe(m_fd));
+  if (r < 0) throw_errno(-r, "wait", describe(m_fd));
+  if (r != static_cast<int>(sizeof m_value))
+    throw error(std::make_error_code(std::errc::io_error), "wait", describe(m_fd), fmt::format("short read of {} bytes", r));
+  return m_value;
+}
+
+event_fd::timed_wait_awaitable::timed_wait_awaitable(scheduler& s, int fd, std::chrono::nanoseconds limit) noexcept
+    : io_awaitable(s, &prep), m_fd(fd) {
+  const auto ns = std::max<std::int64_t>(limit.count(), 0);
+  m_limit.tv_sec = ns / 1'000'000'000;
+  m_limit.tv_nsec = ns % 1'000'000'000;
+  m_link_timeout = &m_limit;
+}
+
+void event_fd::timed_wait_awaitable::prep(io_operation& self, io_uring_sqe& sqe) noexcept {
+  auto& w = static_cast<timed_wait_awaitable&>(self);
+  io_uring_prep_read(&sqe, w.m_fd, &w.m_value, sizeof w.m_value, 0);
+}
+
+std::optional<std::uint64_t> event_fd::timed_wait_awaitable::await_resume() {
+  // Both a stop request and the linked timeout end the read with
+  // -ECANCELED; the token tells them apart.
+  const bool stopped = stop_requested();
+  const int r = finish();
+  if (r == -ECANCELED || r == -EINTR) {
+    if (stopped) throw error(errc::cancelled, "wait", describe(m_fd));
+    return std::nullopt;
+  }
   if (r < 0) throw_errno(-r, "wait", describe(m_fd));
   if (r != static_cast<int>(sizeof m_value))
     throw error(std::make_error_code(std::errc::io_error), "wait", describe(m_fd), fmt::format("short read of {} bytes", r));

@@ -17,6 +17,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <mutex>
+#include <utility>
 #include <vector>
 
 namespace shmbus {
@@ -137,12 +138,16 @@ constexpr opcode_need required_opcodes[] = {
     {IORING_OP_TIMEOUT, "IORING_OP_TIMEOUT (5.4)"},
     {IORING_OP_ASYNC_CANCEL, "IORING_OP_ASYNC_CANCEL (5.5)"},
     {IORING_OP_FSYNC, "IORING_OP_FSYNC (5.1)"},
+    {IORING_OP_LINK_TIMEOUT, "IORING_OP_LINK_TIMEOUT (5.5)"},
 };
 
 /// Next free SQE. When the SQ is full, submitting hands every queued SQE to
 /// the kernel and frees the whole queue; a ring that keeps refusing to take
 /// SQEs has broken our bookkeeping (in-flight never exceeds the CQ), and
 /// carrying on would lose a wake-up, so that ends the process.
+/// CQEs a request will produce: one, two with a linked timeout.
+unsigned completions_of(const io_operation& op) noexcept { return op.m_link_timeout != nullptr ? 2u : 1u; }
+
 io_uring_sqe& next_sqe(io_uring& ring) noexcept {
   for (int attempt = 0; attempt < 64; ++attempt) {
     if (io_uring_sqe* sqe = io_uring_get_sqe(&ring)) return *sqe;
@@ -263,11 +268,21 @@ void scheduler::enter_run() {
   m_impl->m_running = true;
 }
 
+namespace {
+thread_local scheduler* t_current = nullptr;
+}  // namespace
+
+scheduler* scheduler::current() noexcept { return t_current; }
+
 void scheduler::drive(std::coroutine_handle<> root) {
   struct running_guard {
     scheduler_impl* m_impl;
-    ~running_guard() { m_impl->m_running = false; }
-  } guard{m_impl.get()};
+    scheduler* m_previous;
+    ~running_guard() {
+      m_impl->m_running = false;
+      t_current = m_previous;
+    }
+  } guard{m_impl.get(), std::exchange(t_current, this)};
   enqueue(root);
   for (;;) {
     resume_ready();
@@ -286,7 +301,7 @@ void scheduler::resume_ready() {
 void scheduler::poll_io(bool may_block) {
   auto& impl = *m_impl;
 
-  while (impl.m_parked_head != nullptr && impl.m_in_flight < impl.m_cq_entries) {
+  while (impl.m_parked_head != nullptr && impl.m_in_flight + completions_of(*impl.m_parked_head) <= impl.m_cq_entries) {
     io_operation* op = impl.m_parked_head;
     impl.m_parked_head = op->m_next_parked;
     if (impl.m_parked_head == nullptr) impl.m_parked_tail = nullptr;
@@ -373,7 +388,7 @@ void scheduler::enqueue(std::coroutine_handle<> h) noexcept {
 
 void scheduler::submit(io_operation& op) noexcept {
   auto& impl = *m_impl;
-  if (impl.m_in_flight >= impl.m_cq_entries || impl.m_parked_head != nullptr) {
+  if (impl.m_in_flight + completions_of(op) > impl.m_cq_entries || impl.m_parked_head != nullptr) {
     // Keep in-flight requests within the CQ's size so it cannot overflow;
     // FIFO so that parked requests keep their order.
     op.m_state = io_operation::state::parked;
@@ -388,11 +403,20 @@ void scheduler::submit(io_operation& op) noexcept {
 
 void scheduler::issue(io_operation& op) noexcept {
   auto& impl = *m_impl;
+  // A link must not be split across two submissions: make room for both.
+  if (op.m_link_timeout != nullptr && io_uring_sq_space_left(&impl.m_ring) < 2) io_uring_submit(&impl.m_ring);
   io_uring_sqe& sqe = next_sqe(impl.m_ring);
   op.m_prep(op, sqe);
   io_uring_sqe_set_data64(&sqe, reinterpret_cast<std::uintptr_t>(&op));
   op.m_state = io_operation::state::in_flight;
   ++impl.m_in_flight;
+  if (op.m_link_timeout != nullptr) {
+    sqe.flags |= IOSQE_IO_LINK;
+    io_uring_sqe& timeout = next_sqe(impl.m_ring);
+    io_uring_prep_link_timeout(&timeout, const_cast<__kernel_timespec*>(op.m_link_timeout), 0);
+    io_uring_sqe_set_data64(&timeout, ignored_user_data);
+    ++impl.m_in_flight;
+  }
 }
 
 void scheduler::cancel(io_operation& op) noexcept {
@@ -571,6 +595,7 @@ namespace detail {
 
 bool io_awaitable::suspend(std::coroutine_handle<> waiter, const std::stop_token& token) noexcept {
   if (token.stop_requested()) {
+    m_token = token;  // so that stop_requested() tells this from a timeout
     m_result = -ECANCELED;
     return false;
   }
@@ -589,8 +614,8 @@ int io_awaitable::finish() noexcept {
     // Waits for a callback running on another thread to return.
     m_stop_callback.reset();
     if (m_token.stop_requested()) m_scheduler->retract_cancel(*this);
-    m_token = {};
   }
+  m_token = {};
   m_state = state::idle;
   return m_result;
 }

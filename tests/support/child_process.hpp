@@ -12,6 +12,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <string>
+#include <string_view>
+#include <vector>
+
 namespace shmbus::test {
 
 /// Both ends of one pipe (close-on-exec), closed on scope exit.
@@ -63,5 +67,67 @@ inline void stop_and_wait(pid_t pid) {
   REQUIRE(::waitpid(pid, &status, WUNTRACED) == pid);
   REQUIRE(WIFSTOPPED(status));
 }
+
+/// A helper program run as a child process, its stdin and stdout piped to
+/// the test: lines out, lines in. Reaped (SIGKILL first) if still running
+/// when destroyed.
+class helper_process {
+ public:
+  explicit helper_process(std::vector<std::string> argv) {
+    pipe_pair in, out;
+    m_pid = ::fork();
+    REQUIRE(m_pid >= 0);
+    if (m_pid == 0) {
+      ::dup2(in.read_end.get(), 0);
+      ::dup2(out.write_end.get(), 1);
+      std::vector<char*> args;
+      for (auto& a : argv) args.push_back(a.data());
+      args.push_back(nullptr);
+      ::execv(args[0], args.data());
+      ::_exit(127);
+    }
+    m_stdin = std::move(in.write_end);
+    m_stdout = std::move(out.read_end);
+  }
+  helper_process(const helper_process&) = delete;
+  helper_process& operator=(const helper_process&) = delete;
+  ~helper_process() {
+    if (m_pid > 0) {
+      ::kill(m_pid, SIGKILL);
+      int status = 0;
+      ::waitpid(m_pid, &status, 0);
+    }
+  }
+
+  pid_t pid() const noexcept { return m_pid; }
+  /// The next line the helper printed, without its newline ("" at EOF).
+  std::string read_line() {
+    std::string line;
+    char c = 0;
+    while (::read(m_stdout.get(), &c, 1) == 1 && c != '\n') line += c;
+    return line;
+  }
+  void write_line(std::string_view line) {
+    std::string l(line);
+    l += '\n';
+    REQUIRE(::write(m_stdin.get(), l.data(), l.size()) == static_cast<ssize_t>(l.size()));
+  }
+  void close_stdin() { m_stdin.reset(); }
+  /// Waits for the exit; its status, or 128 + the signal that killed it.
+  int wait() {
+    const int r = wait_exit(m_pid);
+    m_pid = -1;
+    return r;
+  }
+  void kill(int signal) {
+    kill_and_reap(m_pid, signal);
+    m_pid = -1;
+  }
+
+ private:
+  pid_t m_pid = -1;
+  unique_fd m_stdin;
+  unique_fd m_stdout;
+};
 
 }  // namespace shmbus::test

@@ -22,6 +22,7 @@
 #include <stop_token>
 
 struct io_uring_sqe;
+struct __kernel_timespec;
 
 namespace shmbus {
 class scheduler;
@@ -45,6 +46,10 @@ struct io_operation {
   io_operation& operator=(const io_operation&) = delete;
 
   prep_fn m_prep;
+  /// When set, the request is linked to an IORING_OP_LINK_TIMEOUT with this
+  /// relative time (read at submission): it completes with -ECANCELED if it
+  /// has not finished by then. The timeout's own completion is ignored.
+  const __kernel_timespec* m_link_timeout = nullptr;
   std::coroutine_handle<> m_waiter;
   io_operation* m_next_parked = nullptr;
   int m_result = 0;
@@ -75,6 +80,8 @@ class SHMBUS_API io_awaitable : public io_operation {
   int finish() noexcept;
 
   scheduler& owner() const noexcept { return *m_scheduler; }
+  /// Whether the awaiting coroutine's stop token was triggered.
+  bool stop_requested() const noexcept { return m_token.stop_requested(); }
 
  private:
   struct canceller {

@@ -1,0 +1,122 @@
+#include "notify/process_doorbells.hpp"
+
+#include <shmbus/error.hpp>
+#include <shmbus/scheduler.hpp>
+
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdio>
+#include <exception>
+#include <future>
+#include <mutex>
+#include <stop_token>
+#include <thread>
+
+namespace shmbus::detail {
+
+struct process_doorbells::state {
+  std::int32_t pid = static_cast<std::int32_t>(::getpid());
+  doorbell_server server;  // binds now: early clients wait in the backlog
+  std::atomic<std::uint64_t> next_id{1};
+  std::stop_source stop;
+  std::thread thread;
+
+  state() {
+    std::promise<void> started;
+    std::future<void> ready = started.get_future();
+    thread = std::thread([this, &started] {
+      std::unique_ptr<scheduler> loop;
+      try {
+        loop = std::make_unique<scheduler>();
+      } catch (...) {
+        started.set_exception(std::current_exception());
+        return;
+      }
+      started.set_value();
+      try {
+        loop->run(server.serve(*loop).with_stop_token(stop.get_token()));
+      } catch (const std::exception& e) {
+        // Nothing to hand it to: subscribers of this process will not be
+        // woken by other processes, and their bounded waits still work.
+        std::fprintf(stderr, "shmbus: doorbell server of pid %d stopped: %s\n", pid, e.what());
+      }
+    });
+    try {
+      ready.get();
+    } catch (...) {
+      thread.join();
+      throw;
+    }
+  }
+
+  ~state() {
+    stop.request_stop();
+    thread.join();
+  }
+};
+
+namespace {
+
+/// This process's state. Stopped and joined at exit. After fork() the
+/// pointer inherited from the parent names the parent's server, whose thread
+/// does not exist here: it is left alone (leaked) and a new one is made.
+struct holder {
+  std::mutex mutex;
+  process_doorbells::state* current = nullptr;
+  ~holder() {
+    if (current != nullptr && current->pid == static_cast<std::int32_t>(::getpid())) delete current;
+  }
+};
+
+holder& the_holder() {
+  static holder h;
+  return h;
+}
+
+}  // namespace
+
+process_doorbells process_doorbells::instance() {
+  holder& h = the_holder();
+  std::lock_guard lock(h.mutex);
+  const auto pid = static_cast<std::int32_t>(::getpid());
+  if (h.current == nullptr || h.current->pid != pid) h.current = new state();
+  return process_doorbells(h.current);  // states live until exit
+}
+
+const process_identity& process_doorbells::identity() const noexcept { return m_state->server.identity(); }
+
+std::uint64_t process_doorbells::add(const event_fd& bell) {
+  const std::uint64_t id = m_state->next_id.fetch_add(1, std::memory_order_relaxed);
+  m_state->server.add(id, bell);
+  return id;
+}
+
+void process_doorbells::remove(std::uint64_t id) noexcept { m_state->server.remove(id); }
+
+bool doorbell_cache::ring(std::uint32_t index, const owner& who, std::chrono::milliseconds retry_after) noexcept {
+  if (index >= m_entries.size() || who.doorbell_id == 0) return false;
+  entry& e = m_entries[index];
+  const bool same = e.who.incarnation == who.incarnation && e.who.process == who.process &&
+                    e.who.doorbell_id == who.doorbell_id;
+  if (!same) {
+    e = entry{};
+    e.who = who;
+  }
+  if (!e.bell) {
+    const auto now = std::chrono::steady_clock::now();
+    if (e.failed && now - e.failed_at < retry_after) return false;
+    try {
+      e.bell = fetch_doorbell(who.process, who.doorbell_id);
+      e.failed = false;
+    } catch (const std::exception&) {
+      e.failed = true;
+      e.failed_at = now;
+      return false;
+    }
+  }
+  return e.bell->try_signal() == 0;
+}
+
+}  // namespace shmbus::detail

@@ -1,0 +1,78 @@
+// process_doorbells: this process's doorbells, served to other processes,
+// and doorbell_cache: other processes' doorbells, fetched once and rung.
+//
+// One doorbell_server per process (it is named after the process). It is
+// served by a thread of its own with its own scheduler, started when the
+// first doorbell is added. That thread only answers fetches; it never
+// fetches, so two processes whose loops fetch from each other at the same
+// moment cannot wait on each other: each side's server answers while its
+// loop thread is blocked in fetch_doorbell (a one-time, bounded exchange per
+// peer, not per message).
+//
+// fork(): a child is a new process with a new identity; its first use
+// starts a server of its own. The parent's server state is left untouched
+// (its thread does not exist in the child).
+#pragma once
+
+#include <shmbus/detail/doorbell.hpp>
+#include <shmbus/detail/process_identity.hpp>
+#include <shmbus/event_fd.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <vector>
+
+namespace shmbus::detail {
+
+class process_doorbells {
+ public:
+  /// A handle on the calling process's doorbells (cheap to copy, valid
+  /// until exit); starts serving on first use. Throws shmbus::error when the
+  /// server cannot be set up. Thread-safe.
+  static process_doorbells instance();
+
+  const process_identity& identity() const noexcept;
+  /// Serves `bell` (a duplicate is kept) under a new id, never 0.
+  std::uint64_t add(const event_fd& bell);
+  void remove(std::uint64_t id) noexcept;
+
+  struct state;
+  explicit process_doorbells(state* s) noexcept : m_state(s) {}
+
+ private:
+  state* m_state;
+};
+
+/// The doorbells of the owners of a table of slots (one entry per slot),
+/// fetched on first use and kept while the slot's incarnation lasts.
+/// Owned by one handle; not thread-safe.
+class doorbell_cache {
+ public:
+  explicit doorbell_cache(std::size_t slots) : m_entries(slots) {}
+
+  /// Who owns a slot now, read from shared memory.
+  struct owner {
+    std::uint64_t incarnation = 0;  ///< the slot's state+generation word
+    process_identity process;
+    std::uint64_t doorbell_id = 0;
+  };
+
+  /// Rings slot `index`'s doorbell, fetching it first if this incarnation's
+  /// is not cached. A failed fetch (dead owner, no such doorbell) is
+  /// remembered for `retry_after`, so a dead slot costs no system call per
+  /// message. Returns false when the bell could not be rung. noexcept.
+  bool ring(std::uint32_t index, const owner& who,
+            std::chrono::milliseconds retry_after = std::chrono::milliseconds(100)) noexcept;
+
+ private:
+  struct entry {
+    owner who;
+    std::optional<event_fd> bell;
+    std::chrono::steady_clock::time_point failed_at{};
+    bool failed = false;
+  };
+  std::vector<entry> m_entries;
+};
+
+}  // namespace shmbus::detail

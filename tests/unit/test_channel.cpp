@@ -1,0 +1,383 @@
+// Channels in one process: the API's promises (ordering, policies, loans,
+// views, drain, type checks, sizes, corruption) and the parking handshake
+// between coroutines of one scheduler. Multi-process behaviour is in
+// tests/integration/test_channel_processes.cpp.
+#include <shmbus/channel.hpp>
+#include <shmbus/detail/ring_layout.hpp>
+#include <shmbus/scheduler.hpp>
+#include <shmbus/when_all.hpp>
+
+#include <catch2/catch.hpp>
+#include <fmt/format.h>
+#include <range/v3/algorithm/for_each.hpp>
+#include <unistd.h>
+
+#include <array>
+#include <atomic>
+#include <cstring>
+#include <numeric>
+#include <vector>
+
+using namespace std::chrono_literals;
+using shmbus::task;
+
+namespace {
+
+struct tick {
+  std::uint64_t id;
+  double price;
+  char symbol[8];
+  static constexpr std::string_view shmbus_type_name = "test.tick";
+};
+
+struct other {
+  std::uint64_t id;
+  double price;
+  char symbol[8];
+};
+
+std::string unique(std::string_view what) { return fmt::format("test-channel-{}-{}", ::getpid(), what); }
+
+shmbus::channel typed_channel(std::string_view what, shmbus::channel_options o = {}) {
+  return shmbus::channel::create_memfd(unique(what), o, shmbus::payload_type_of<tick>());
+}
+
+shmbus::channel byte_channel(std::string_view what, shmbus::channel_options o = {}) {
+  return shmbus::channel::create_memfd(unique(what), o, shmbus::payload_type{});
+}
+
+std::vector<std::byte> pattern(std::size_t n, std::size_t seed) {
+  std::vector<std::byte> v(n);
+  for (std::size_t i = 0; i < n; ++i) v[i] = static_cast<std::byte>((i * 131 + seed * 7) & 0xff);
+  return v;
+}
+
+/// A second mapping of the same channel, as another process would have it.
+shmbus::channel reopen(const shmbus::channel& ch, const shmbus::payload_type* expected) {
+  return shmbus::channel::attach(shmbus::region::adopt_fd(ch.backing().dup_fd()), expected, "reopened");
+}
+
+}  // namespace
+
+TEST_CASE("typed messages arrive in order with their sequence numbers", "[channel]") {
+  auto ch = typed_channel("order");
+  shmbus::publisher<tick> pub(ch);
+  shmbus::subscriber<tick> sub(ch);
+  CHECK_FALSE(sub.try_next());
+  CHECK(sub.try_next().status() == shmbus::receive_status::empty);
+  for (std::uint64_t i = 0; i < 1000; ++i) REQUIRE(pub.try_publish(tick{i, 1.5 * double(i), "ACME"}) == shmbus::publish_status::ok);
+  for (std::uint64_t i = 0; i < 1000; ++i) {
+    auto t = sub.try_next();
+    REQUIRE(t);
+    CHECK(t->id == i);
+    CHECK(t->price == 1.5 * double(i));
+    CHECK(std::string_view(t->symbol) == "ACME");
+    CHECK(t.sequence() == i);
+    CHECK(t.missed() == 0);
+  }
+  CHECK_FALSE(sub.try_next());
+  CHECK(sub.received() == 1000);
+}
+
+TEST_CASE("a late subscriber starts at the newest message, or at the oldest if asked", "[channel]") {
+  auto ch = typed_channel("late");
+  shmbus::publisher<tick> pub(ch);
+  for (std::uint64_t i = 0; i < 10; ++i) REQUIRE(pub.try_publish(tick{i, 0, ""}) == shmbus::publish_status::ok);
+  shmbus::subscriber<tick> newest(ch);
+  shmbus::subscriber<tick> oldest(ch, {.start = shmbus::start_at::oldest});
+  REQUIRE(pub.try_publish(tick{10, 0, ""}) == shmbus::publish_status::ok);
+  auto n = newest.try_next();
+  REQUIRE(n);
+  CHECK(n->id == 10);
+  for (std::uint64_t i = 0; i <= 10; ++i) {
+    auto o = oldest.try_next();
+    REQUIRE(o);
+    CHECK(o->id == i);
+  }
+}
+
+TEST_CASE("byte messages of every length up to the maximum, and one byte over is refused", "[channel]") {
+  shmbus::channel_options o;
+  o.capacity = 1 << 16;
+  o.max_message = 1000;
+  auto ch = byte_channel("lengths", o);
+  shmbus::byte_publisher pub(ch);
+  shmbus::byte_subscriber sub(ch);
+  for (std::size_t n = 0; n <= 1000; ++n) {
+    const auto bytes = pattern(n, n);
+    REQUIRE(pub.try_publish(bytes) == shmbus::publish_status::ok);
+    auto m = sub.try_next();
+    REQUIRE(m);
+    REQUIRE(m.data.size() == n);
+    CHECK(std::memcmp(m.data.data(), bytes.data(), n) == 0);
+  }
+  const auto too_long = pattern(1001, 0);
+  CHECK(pub.try_publish(too_long) == shmbus::publish_status::too_large);
+  CHECK_FALSE(pub.try_loan(1001));
+  shmbus::scheduler s;
+  auto publish_too_long = [&]() -> task<void> { co_await pub.publish(too_long); };
+  try {
+    s.run(publish_too_long());
+    FAIL("publishing 1001 bytes on a 1000-byte channel succeeded");
+  } catch (const shmbus::error& e) {
+    CHECK(e.code() == shmbus::errc::bad_size);
+  }
+  CHECK_FALSE(sub.try_next());
+}
+
+TEST_CASE("a received message is a view into the ring, valid until the next read", "[channel]") {
+  auto ch = byte_channel("view");
+  shmbus::byte_publisher pub(ch);
+  shmbus::byte_subscriber sub(ch);
+  const auto bytes = pattern(100, 1);
+  REQUIRE(pub.try_publish(bytes) == shmbus::publish_status::ok);
+  auto m = sub.try_next();
+  REQUIRE(m);
+  const auto* base = ch.backing().bytes().data();
+  CHECK(m.data.data() > base);
+  CHECK(m.data.data() + m.data.size() <= base + ch.backing().size());
+  CHECK(reinterpret_cast<std::uintptr_t>(m.data.data()) % 32 == 0);
+}
+
+TEST_CASE("loans: construct in place and commit; a dropped loan is skipped, not missed", "[channel]") {
+  auto ch = typed_channel("loan");
+  shmbus::publisher<tick> pub(ch);
+  shmbus::subscriber<tick> sub(ch);
+  {
+    auto l = pub.try_loan();
+    REQUIRE(l);
+    l.emplace(tick{1, 2.0, "LOAN"});
+    CHECK(l.get()->id == 1);
+    l.commit();
+  }
+  { auto dropped = pub.try_loan(); REQUIRE(dropped); }  // never committed
+  REQUIRE(pub.try_publish(tick{3, 0, ""}) == shmbus::publish_status::ok);
+  auto a = sub.try_next();
+  REQUIRE(a);
+  CHECK(a->id == 1);
+  CHECK(std::string_view(a->symbol) == "LOAN");
+  auto b = sub.try_next();
+  REQUIRE(b);
+  CHECK(b->id == 3);
+  CHECK(b.missed() == 0);
+  CHECK(sub.missed() == 0);
+}
+
+TEST_CASE("drain() is a range-v3 view over everything available", "[channel]") {
+  auto ch = typed_channel("drain");
+  shmbus::publisher<tick> pub(ch);
+  shmbus::subscriber<tick> sub(ch);
+  for (std::uint64_t i = 0; i < 100; ++i) REQUIRE(pub.try_publish(tick{i, 0, ""}) == shmbus::publish_status::ok);
+  std::vector<std::uint64_t> ids;
+  ranges::for_each(sub.drain(), [&](const tick& t) { ids.push_back(t.id); });
+  std::vector<std::uint64_t> want(100);
+  std::iota(want.begin(), want.end(), 0);
+  CHECK(ids == want);
+  int more = 0;
+  for (const tick& t : sub.drain()) more += static_cast<int>(t.id);
+  CHECK(more == 0);
+  shmbus::byte_subscriber bytes(reopen(ch, nullptr), {.start = shmbus::start_at::oldest});
+  std::size_t n = 0;
+  for (const auto& m : bytes.drain()) n += m.data.size() == sizeof(tick) ? 1 : 0;
+  CHECK(n == 100);
+}
+
+TEST_CASE("block policy: a publisher waits for the slowest subscriber, nothing is lost", "[channel]") {
+  shmbus::channel_options o;
+  o.capacity = 4096;  // about 60 ticks
+  auto ch = typed_channel("block", o);
+  shmbus::publisher<tick> pub(ch);
+  shmbus::subscriber<tick> fast(ch, {.spin = 0ns});
+  shmbus::subscriber<tick> slow(ch, {.spin = 0ns});
+  std::uint64_t refused = 0;
+  while (pub.try_publish(tick{refused, 0, ""}) == shmbus::publish_status::ok) ++refused;
+  CHECK(refused > 30);
+  CHECK(refused < 100);
+  for (std::uint64_t i = 0; i < refused; ++i) REQUIRE(fast.try_next());
+  CHECK(pub.try_publish(tick{0, 0, ""}) == shmbus::publish_status::would_block);  // slow still holds it
+
+  constexpr std::uint64_t total = 20000;
+  shmbus::scheduler s;
+  auto produce = [&]() -> task<void> {
+    for (std::uint64_t i = refused; i < total; ++i) co_await pub.publish(tick{i, 0, ""});
+  };
+  auto consume = [&](shmbus::subscriber<tick>& sub, std::uint64_t first) -> task<std::uint64_t> {
+    std::uint64_t expect = first;
+    while (expect < total) {
+      auto t = co_await sub.next();
+      if (t->id != expect) co_return expect;
+      ++expect;
+    }
+    co_return expect;
+  };
+  auto [done, a, b] = s.run(shmbus::when_all(produce(), consume(fast, refused), consume(slow, 0)));
+  (void)done;
+  CHECK(a == total);
+  CHECK(b == total);
+  CHECK(fast.missed() == 0);
+  CHECK(slow.missed() == 0);
+}
+
+TEST_CASE("overwrite policy: a slow subscriber learns exactly how many it missed", "[channel]") {
+  shmbus::channel_options o;
+  o.capacity = 4096;
+  o.policy = shmbus::overflow_policy::overwrite;
+  auto ch = typed_channel("overwrite", o);
+  shmbus::publisher<tick> pub(ch);
+  shmbus::subscriber<tick> sub(ch);
+  constexpr std::uint64_t total = 10000;
+  std::uint64_t seen = 0;
+  std::uint64_t missed = 0;
+  std::uint64_t last = 0;
+  for (std::uint64_t i = 0; i < total; ++i) {
+    REQUIRE(pub.try_publish(tick{i, 0, ""}) == shmbus::publish_status::ok);  // never waits
+    if (i % 997 == 0) {
+      while (auto t = sub.try_next()) {
+        ++seen;
+        missed += t.missed();
+        CHECK(t->id == t.sequence());
+        if (seen > 1) CHECK(t->id == last + 1 + t.missed());
+        last = t->id;
+      }
+    }
+  }
+  while (auto t = sub.try_next()) {
+    ++seen;
+    missed += t.missed();
+    last = t->id;
+  }
+  CHECK(last == total - 1);
+  CHECK(missed > 0);
+  CHECK(seen + missed == total);
+  CHECK(sub.missed() == missed);
+  CHECK(sub.received() == seen);
+}
+
+TEST_CASE("event mode: a parked subscriber is woken by a publisher's doorbell", "[channel]") {
+  auto ch = typed_channel("event");
+  shmbus::publisher<tick> pub(ch);
+  shmbus::subscriber<tick> sub(ch, {.spin = 0ns, .liveness_check = 10s});
+  shmbus::scheduler s;
+  constexpr std::uint64_t rounds = 200;
+  std::uint64_t received = 0;
+  auto consume = [&]() -> task<void> {
+    for (std::uint64_t i = 0; i < rounds; ++i) {
+      auto t = co_await sub.next();
+      if (t->id == i) ++received;
+    }
+  };
+  auto produce = [&]() -> task<void> {
+    for (std::uint64_t i = 0; i < rounds; ++i) {
+      // Yield first: the subscriber runs, finds nothing and parks, so
+      // every message goes through the doorbell.
+      co_await s.schedule();
+      co_await s.schedule();
+      co_await pub.publish(tick{i, 0, ""});
+    }
+  };
+  s.run(shmbus::when_all(consume(), produce()));
+  CHECK(received == rounds);
+}
+
+TEST_CASE("opening a channel with another type or layout fails with a specific error", "[channel]") {
+  auto ch = typed_channel("types");
+  const auto tick_type = shmbus::payload_type_of<tick>();
+  const auto other_type = shmbus::payload_type_of<other>();
+  CHECK(other_type.size == tick_type.size);
+  CHECK(reopen(ch, &tick_type).type().name == "test.tick");
+  try {
+    reopen(ch, &other_type);
+    FAIL("attached with another type name");
+  } catch (const shmbus::error& e) {
+    CHECK(e.code() == shmbus::errc::type_mismatch);
+  }
+  const shmbus::payload_type bytes{};
+  CHECK_THROWS_AS(shmbus::publisher<other>(ch), shmbus::error);
+  try {
+    shmbus::subscriber<other> s(ch);
+    FAIL("subscribed with another type");
+  } catch (const shmbus::error& e) {
+    CHECK(e.code() == shmbus::errc::type_mismatch);
+  }
+  try {
+    reopen(ch, &bytes);
+    FAIL("attached a typed channel as bytes");
+  } catch (const shmbus::error& e) {
+    CHECK(e.code() == shmbus::errc::type_mismatch);
+  }
+
+  auto version = reopen(ch, nullptr);
+  auto* header = reinterpret_cast<shmbus::detail::layout::channel_header*>(version.backing().data());
+  std::atomic_ref<std::uint32_t>(header->version).store(2);
+  try {
+    reopen(ch, &tick_type);
+    FAIL("attached a version 2 channel");
+  } catch (const shmbus::error& e) {
+    CHECK(e.code() == shmbus::errc::version_mismatch);
+  }
+}
+
+TEST_CASE("a frame with an out-of-range length is reported, never read", "[channel]") {
+  auto ch = byte_channel("corrupt");
+  shmbus::byte_publisher pub(ch);
+  shmbus::byte_subscriber sub(ch);
+  REQUIRE(pub.try_publish(pattern(64, 0)) == shmbus::publish_status::ok);
+  auto* base = ch.backing().bytes().data();
+  const auto* header = reinterpret_cast<const shmbus::detail::layout::channel_header*>(base);
+  auto* frame = reinterpret_cast<shmbus::detail::layout::frame_header*>(base + header->ring_offset);
+  std::atomic_ref<std::uint32_t>(frame->length).store(0x7fffffff);
+  CHECK(sub.try_next().status == shmbus::receive_status::corrupt);
+  shmbus::scheduler s;
+  auto read_one = [&]() -> task<void> { (void)co_await sub.next(); };
+  try {
+    s.run(read_one());
+    FAIL("next() delivered a corrupt frame");
+  } catch (const shmbus::error& e) {
+    CHECK(e.code() == shmbus::errc::region_corrupt);
+  }
+}
+
+TEST_CASE("a truncated or foreign region is refused", "[channel]") {
+  auto small = shmbus::region::create_memfd(unique("small"), 4096);
+  CHECK_THROWS_AS(shmbus::channel::attach(std::move(small), nullptr, "small", 10ms), shmbus::error);
+  auto junk = shmbus::region::create_memfd(unique("junk"), 1 << 16);
+  std::memset(junk.data(), 0x5a, junk.size());
+  try {
+    shmbus::channel::attach(std::move(junk), nullptr, "junk");
+    FAIL("attached junk");
+  } catch (const shmbus::error& e) {
+    CHECK(e.code() == shmbus::errc::region_corrupt);
+  }
+  auto ch = byte_channel("truncated");
+  const std::size_t half = ch.backing().size() / 2;
+  auto fd = ch.backing().dup_fd();
+  REQUIRE(::ftruncate(fd.get(), static_cast<off_t>(half)) == 0);
+  try {
+    shmbus::channel::attach(shmbus::region::adopt_fd(std::move(fd)), nullptr, "truncated");
+    FAIL("attached a truncated channel");
+  } catch (const shmbus::error& e) {
+    CHECK(e.code() == shmbus::errc::region_corrupt);
+  }
+}
+
+TEST_CASE("slots run out with a clear error, and are given back", "[channel]") {
+  shmbus::channel_options o;
+  o.max_publishers = 2;
+  o.max_subscribers = 1;
+  auto ch = byte_channel("slots", o);
+  {
+    shmbus::byte_publisher a(ch), b(ch);
+    CHECK_THROWS_AS(shmbus::byte_publisher(ch), shmbus::error);
+    shmbus::byte_subscriber s(ch);
+    try {
+      shmbus::byte_subscriber t(ch);
+      FAIL("took a second subscriber slot of one");
+    } catch (const shmbus::error& e) {
+      CHECK(e.code() == shmbus::errc::would_block);
+    }
+  }
+  shmbus::byte_publisher c(ch);
+  shmbus::byte_subscriber t(ch);
+  CHECK(ch.stats().publishers == 1);
+  CHECK(ch.stats().subscribers == 1);
+}
