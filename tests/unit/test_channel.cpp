@@ -15,7 +15,9 @@
 #include <array>
 #include <atomic>
 #include <cstring>
+#include <memory>
 #include <numeric>
+#include <thread>
 #include <vector>
 
 using namespace std::chrono_literals;
@@ -380,4 +382,46 @@ TEST_CASE("slots run out with a clear error, and are given back", "[channel]") {
   shmbus::byte_subscriber t(ch);
   CHECK(ch.stats().publishers == 1);
   CHECK(ch.stats().subscribers == 1);
+}
+
+TEST_CASE("threads: 2 publishers and 2 parked subscribers, each on its own scheduler", "[channel][threads]") {
+  // The parking handshake under ThreadSanitizer: every thread has its own
+  // loop; subscribers sleep on doorbells, publishers on a small ring.
+  constexpr std::uint64_t per_publisher = 20'000;
+  shmbus::channel_options o;
+  o.capacity = 4096;
+  auto ch = typed_channel("threads", o);
+  std::vector<std::unique_ptr<shmbus::subscriber<tick>>> subs;
+  for (int i = 0; i < 2; ++i)
+    subs.push_back(std::make_unique<shmbus::subscriber<tick>>(ch, shmbus::subscriber_options{.spin = 0ns}));
+  std::array<std::uint64_t, 2> bad{};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 2; ++i) {
+    threads.emplace_back([&, i] {
+      shmbus::scheduler s;
+      auto consume = [&]() -> task<std::uint64_t> {
+        std::array<std::uint64_t, 2> next{};
+        std::uint64_t errors = 0;
+        for (std::uint64_t n = 0; n < 2 * per_publisher; ++n) {
+          auto t = co_await subs[static_cast<std::size_t>(i)]->next();
+          const auto from = static_cast<std::size_t>(t->price);
+          if (from > 1 || t->id != next[from]++) ++errors;
+        }
+        co_return errors;
+      };
+      bad[static_cast<std::size_t>(i)] = s.run(consume());
+    });
+  }
+  for (int i = 0; i < 2; ++i) {
+    threads.emplace_back([&, i] {
+      shmbus::scheduler s;
+      shmbus::publisher<tick> pub(ch);
+      auto produce = [&]() -> task<void> {
+        for (std::uint64_t n = 0; n < per_publisher; ++n) co_await pub.publish(tick{n, double(i), "T"});
+      };
+      s.run(produce());
+    });
+  }
+  for (auto& t : threads) t.join();
+  CHECK(bad == std::array<std::uint64_t, 2>{0, 0});
 }
