@@ -70,7 +70,7 @@ class task_promise_base {
   static void* operator new(std::size_t n, frame_cache& cache, Args&...) {
     return allocate_frame(n, &cache);
   }
-  static void operator delete(void* frame, std::size_t n) noexcept { free_frame(frame, n); }
+  static void operator delete(void* frame) noexcept { free_frame(frame); }
 
   std::suspend_always initial_suspend() const noexcept { return {}; }
 

@@ -62,12 +62,12 @@ inline void* allocate_frame(std::size_t n, frame_cache* cache) {
   return static_cast<std::byte*>(block) + frame_prefix_size;
 }
 
-inline void free_frame(void* frame, std::size_t n) noexcept {
+inline void free_frame(void* frame) noexcept {
   void* block = static_cast<std::byte*>(frame) - frame_prefix_size;
   if (frame_cache* owner = *static_cast<frame_cache**>(block))
     owner->give_back();
   else
-    ::operator delete(block, n + frame_prefix_size);
+    ::operator delete(block);
 }
 
 }  // namespace shmbus::detail
