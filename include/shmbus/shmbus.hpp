@@ -1,6 +1,7 @@
 // Umbrella header: everything a user of shmbus needs.
 #pragma once
 
+#include <shmbus/bus.hpp>
 #include <shmbus/channel.hpp>
 #include <shmbus/error.hpp>
 #include <shmbus/event_fd.hpp>
