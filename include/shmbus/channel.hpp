@@ -459,6 +459,21 @@ inline void drain_view::cursor::next() noexcept { m_current = m_subscriber->try_
 
 // ---- typed channels ------------------------------------------------------------
 
+namespace detail {
+
+/// `ch` if it carries T (size, alignment, name), else errc::type_mismatch.
+template <class T>
+channel require_payload(channel ch, const char* operation) {
+  const payload_type t = ch.type();
+  const payload_type want = payload_type_of<T>();
+  if (t.size != want.size || t.align != want.align || t.name != want.name)
+    throw error(errc::type_mismatch, operation, ch.name(),
+                "the channel carries '" + std::string(t.name) + "', not '" + std::string(want.name) + "'");
+  return ch;
+}
+
+}  // namespace detail
+
 /// A received T: points into the ring (block policy) or into the
 /// subscriber's copy (overwrite policy); valid until the next read.
 template <class T>
@@ -531,13 +546,7 @@ class publisher {
   static std::span<const std::byte> as_bytes(const T& v) noexcept {
     return {reinterpret_cast<const std::byte*>(&v), sizeof(T)};
   }
-  static channel check(channel ch) {
-    const payload_type t = ch.type();
-    const payload_type want = payload_type_of<T>();
-    if (t.size != want.size || t.align != want.align || t.name != want.name)
-      throw error(errc::type_mismatch, "publisher", ch.name(), "the channel carries another type");
-    return ch;
-  }
+  static channel check(channel ch) { return detail::require_payload<T>(std::move(ch), "publisher"); }
   byte_publisher m_bytes;
 };
 
@@ -588,13 +597,7 @@ class subscriber {
     if (m && m.data.size() != sizeof(T)) m.status = receive_status::corrupt;
     return sample<T>(m);
   }
-  static channel check(channel ch) {
-    const payload_type t = ch.type();
-    const payload_type want = payload_type_of<T>();
-    if (t.size != want.size || t.align != want.align || t.name != want.name)
-      throw error(errc::type_mismatch, "subscriber", ch.name(), "the channel carries another type");
-    return ch;
-  }
+  static channel check(channel ch) { return detail::require_payload<T>(std::move(ch), "subscriber"); }
   byte_subscriber m_bytes;
 };
 

@@ -72,6 +72,16 @@ doorbell_cache::owner owner_of(const ring::slot_owner& o) noexcept {
   return {o.incarnation, process_identity(o.pid, o.start_time), o.doorbell_id};
 }
 
+/// Rings the doorbell of every slot in `bits`; `owner(i)` reads slot i.
+template <class OwnerOf>
+void ring_each(std::uint64_t bits, doorbell_cache& bells, OwnerOf owner) noexcept {
+  while (bits != 0) {
+    const auto i = static_cast<std::uint32_t>(std::countr_zero(bits));
+    bits &= bits - 1;
+    bells.ring(i, owner_of(owner(i)));
+  }
+}
+
 /// A doorbell of ours, served to other processes while it lives.
 struct own_doorbell {
   event_fd bell;
@@ -111,12 +121,8 @@ struct publisher_core {
   ~publisher_core() { frames.unregister_publisher(index); }
 
   void wake_subscribers() noexcept {
-    std::uint64_t bits = frames.take_parked_subscribers();
-    while (bits != 0) {
-      const auto i = static_cast<std::uint32_t>(std::countr_zero(bits));
-      bits &= bits - 1;
-      subscriber_bells.ring(i, owner_of(frames.subscriber_owner(i)));
-    }
+    ring_each(frames.take_parked_subscribers(), subscriber_bells,
+              [this](std::uint32_t i) { return frames.subscriber_owner(i); });
   }
 };
 
@@ -169,12 +175,8 @@ struct subscriber_core {
   }
 
   void wake_publishers() noexcept {
-    std::uint64_t bits = frames.take_waiting_publishers();
-    while (bits != 0) {
-      const auto i = static_cast<std::uint32_t>(std::countr_zero(bits));
-      bits &= bits - 1;
-      publisher_bells.ring(i, owner_of(frames.publisher_owner(i)));
-    }
+    ring_each(frames.take_waiting_publishers(), publisher_bells,
+              [this](std::uint32_t i) { return frames.publisher_owner(i); });
   }
 
   void release_held() noexcept {
