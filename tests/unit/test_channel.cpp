@@ -111,7 +111,7 @@ TEST_CASE("byte messages of every length up to the maximum, and one byte over is
     auto m = sub.try_next();
     REQUIRE(m);
     REQUIRE(m.data.size() == n);
-    CHECK(std::memcmp(m.data.data(), bytes.data(), n) == 0);
+    if (n > 0) CHECK(std::memcmp(m.data.data(), bytes.data(), n) == 0);
   }
   const auto too_long = pattern(1001, 0);
   CHECK(pub.try_publish(too_long) == shmbus::publish_status::too_large);
