@@ -7,6 +7,7 @@
 #include <shmbus/event_fd.hpp>
 #include <shmbus/fd.hpp>
 #include <shmbus/io.hpp>
+#include <shmbus/log.hpp>
 #include <shmbus/region.hpp>
 #include <shmbus/scheduler.hpp>
 #include <shmbus/task.hpp>

@@ -1,5 +1,7 @@
 #include "ring/ring.hpp"
 
+#include "core/cas128.hpp"
+
 #include "core/sanitizers.hpp"
 
 #include <shmbus/error.hpp>
@@ -30,32 +32,9 @@ std::atomic_ref<T> shared(T& word) noexcept {
 }
 
 /// One 16-byte compare-and-swap of the claim word {position, sequence}.
-///
-/// On x86-64 this is `lock cmpxchg16b` written out: lock-free, a full
-/// barrier, and atomic across processes. Written out rather than through
-/// __sync/__atomic builtins because ThreadSanitizer replaces 16-byte
-/// builtins with an emulation under a process-local lock, which silently
-/// stops being atomic between processes.
 bool cas_claim_word(layout::channel_header& h, std::uint64_t& position, std::uint64_t& sequence,
                     std::uint64_t new_position, std::uint64_t new_sequence) noexcept {
-  auto* word = &h.tail_position;  // 16-byte aligned: tail_position, tail_sequence
-#if defined(__x86_64__)
-  bool swapped = false;
-  __asm__ __volatile__("lock cmpxchg16b %1"
-                       : "=@ccz"(swapped), "+m"(*word), "+m"(word[1]), "+a"(position), "+d"(sequence)
-                       : "b"(new_position), "c"(new_sequence)
-                       : "memory");
-  return swapped;
-#else
-  __extension__ typedef unsigned __int128 u128;  // a GNU extension, hence the marker
-  const u128 expected = (static_cast<u128>(sequence) << 64) | position;
-  const u128 desired = (static_cast<u128>(new_sequence) << 64) | new_position;
-  const u128 previous = __sync_val_compare_and_swap(reinterpret_cast<u128*>(word), expected, desired);
-  if (previous == expected) return true;
-  position = static_cast<std::uint64_t>(previous);
-  sequence = static_cast<std::uint64_t>(previous >> 64);
-  return false;
-#endif
+  return cas128(&h.tail_position, position, sequence, new_position, new_sequence);
 }
 
 [[noreturn]] void corrupt(std::string_view object, std::string_view what) {

@@ -1,0 +1,97 @@
+// The process-local state behind a byte_log handle and its readers.
+#pragma once
+
+#include <shmbus/detail/process_identity.hpp>
+#include <shmbus/fd.hpp>
+#include <shmbus/log.hpp>
+#include <shmbus/region.hpp>
+#include <shmbus/task.hpp>
+
+#include "log/log_layout.hpp"
+#include "notify/process_doorbells.hpp"
+
+#include <atomic>
+#include <coroutine>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <stop_token>
+#include <vector>
+
+namespace shmbus {
+class scheduler;
+}
+
+namespace shmbus::detail {
+
+struct segment_map {
+  position start = 0;
+  region file;
+};
+
+/// What a frame's header says, checked against the geometry and its CRC.
+struct frame_check {
+  bool ok = false;
+  bool crc_ok = false;
+  std::uint16_t type = 0;
+  std::uint32_t length = 0;
+  std::uint64_t sequence = 0;
+  position next = 0;
+};
+
+/// The committed records from some position: where they end, and the
+/// sequence number of the next record.
+struct prefix {
+  position end = 0;
+  std::uint64_t sequence = 0;
+};
+
+struct log_state {
+  scheduler* sched = nullptr;
+  std::filesystem::path dir;
+  log_options options;
+  unique_fd dir_fd;
+  region meta_file;
+  log_layout::meta* meta = nullptr;
+  process_identity self;
+  std::uint64_t segment_size = 0;
+  std::uint32_t max_record = 0;
+  std::uint64_t salt = 0;
+  std::map<std::uint64_t, std::unique_ptr<segment_map>> segments;
+  int writer_slot = -1;
+  recovery_report report;
+  std::uint64_t syncs = 0;
+  std::uint64_t appended_since_sync = 0;
+  bool sync_in_flight = false;
+  std::vector<std::coroutine_handle<>> sync_waiters;
+  doorbell_cache reader_bells{log_layout::reader_slots};
+  std::stop_source stop;
+
+  std::uint64_t load(std::uint64_t& word) const noexcept;
+  std::filesystem::path segment_path(std::uint64_t index) const;
+  /// The mapped segment `index`; created (fallocated, directory fsynced)
+  /// when `create`, else nullptr if its file does not exist.
+  segment_map* segment(std::uint64_t index, bool create);
+  log_layout::record_header* header_at(position p, bool create);
+  log_layout::record_header& header_for_write(position p);
+  bool committed(const log_layout::record_header& h, position p) const noexcept;
+  frame_check check_frame(position p, const log_layout::record_header& h) const noexcept;
+  prefix committed_prefix(position from, std::uint64_t sequence);
+  void advance_durable(const prefix& p) noexcept;
+  void wake_readers() noexcept;
+  int take_slot(log_layout::slot* slots, std::uint32_t count) noexcept;
+  void free_slot(log_layout::slot& s) noexcept;
+  void sync_directory();
+
+  position append(std::span<const std::byte> bytes);
+  void prepare_ahead(position end) noexcept;
+  static task<void> sync_to(std::shared_ptr<log_state> self, position target);
+  static task<void> background_sync(std::shared_ptr<log_state> self);
+  std::size_t enforce_retention();
+
+  void initialize(const log_options& o);
+  void validate();
+  void recover();
+};
+
+}  // namespace shmbus::detail
