@@ -281,6 +281,57 @@ void log_state::prepare_ahead(position end) noexcept {
 #endif
 }
 
+// ---- dead writers ---------------------------------------------------------------------
+
+bool log_state::try_repair(position p) noexcept {
+  // Only a claim whose writer is dead is repaired, and only when no live
+  // writer's intent names the same position (a writer that died before
+  // its CAS succeeded leaves an intent for a position someone else took).
+  int dead_slot = -1;
+  for (std::uint32_t i = 0; i < ll::writer_slots; ++i) {
+    ll::slot& w = meta->writers[i];
+    if (std::atomic_ref<std::uint32_t>(w.state).load(std::memory_order_acquire) != 1) continue;
+    if (std::atomic_ref<std::uint64_t>(w.position).load(std::memory_order_acquire) != p) continue;
+    const process_identity owner(std::atomic_ref<std::int32_t>(w.pid).load(std::memory_order_relaxed),
+                                 std::atomic_ref<std::uint64_t>(w.start_time).load(std::memory_order_relaxed));
+    if (owner.pid == 0 || is_alive(owner)) return false;
+    dead_slot = static_cast<int>(i);
+  }
+  if (dead_slot < 0) return false;
+  ll::slot& w = meta->writers[dead_slot];
+  const std::uint64_t length = std::atomic_ref<std::uint64_t>(w.length).load(std::memory_order_relaxed);
+  const std::uint64_t sequence = std::atomic_ref<std::uint64_t>(w.sequence).load(std::memory_order_relaxed);
+  const std::uint64_t offset = p % segment_size;
+  const std::uint64_t room = segment_size - offset;
+  if (length < ll::frame_header_size || length % ll::frame_alignment != 0 || length > room + segment_size ||
+      p + length > load(meta->tail_position))
+    return false;  // not an intent this library writes: leave it to recovery
+  try {
+    const auto write = [&](position at, std::uint64_t bytes, std::uint16_t type) {
+      ll::record_header& h = header_for_write(at);
+      h.length = static_cast<std::uint32_t>(bytes - ll::frame_header_size);
+      h.type = type;
+      h.writer = static_cast<std::uint16_t>(dead_slot);
+      h.sequence = sequence;
+      h.reserved = 0;
+      const std::byte* payload = reinterpret_cast<const std::byte*>(&h) + ll::frame_header_size;
+      h.crc32c = record_crc(h, {payload, type == ll::frame_padding ? 0 : h.length});
+      std::atomic_ref<std::uint64_t>(h.commit).store(at ^ salt, std::memory_order_seq_cst);
+    };
+    if (length > room) {
+      write(p, room, ll::frame_padding);
+      write(p + room, length - room, ll::frame_aborted);
+    } else {
+      write(p, length, ll::frame_aborted);
+    }
+  } catch (const std::exception&) {
+    return false;
+  }
+  std::atomic_ref<std::uint64_t>(w.position).store(~std::uint64_t{0}, std::memory_order_release);
+  wake_readers();
+  return true;
+}
+
 // ---- durability --------------------------------------------------------------------
 
 struct sync_waiter {
@@ -292,6 +343,7 @@ struct sync_waiter {
 
 task<void> log_state::sync_to(std::shared_ptr<log_state> self, position target) {
   log_state& st = *self;
+  int stalls = 0;
   while (st.load(st.meta->durable_position) < target) {
     if (st.sync_in_flight) {
       co_await sync_waiter{&st};
@@ -301,10 +353,14 @@ task<void> log_state::sync_to(std::shared_ptr<log_state> self, position target) 
     const position from_pos = st.load(st.meta->durable_position);
     if (p.end <= from_pos) {
       // The next record is claimed by a writer that has not committed it
-      // yet: let it run.
-      co_await st.sched->schedule();
+      // yet: let it run; if it is dead, its claim becomes an aborted frame.
+      if (++stalls < 64)
+        co_await st.sched->schedule();
+      else if (!st.try_repair(from_pos))
+        co_await st.sched->sleep_for(std::chrono::microseconds(200));
       continue;
     }
+    stalls = 0;
     st.sync_in_flight = true;
     struct done_guard {
       log_state& s;

@@ -85,6 +85,8 @@ struct log_state {
 
   position append(std::span<const std::byte> bytes);
   void prepare_ahead(position end) noexcept;
+  /// Repairs the claim at `p` if its writer is dead (see log.cpp).
+  bool try_repair(position p) noexcept;
   static task<void> sync_to(std::shared_ptr<log_state> self, position target);
   static task<void> background_sync(std::shared_ptr<log_state> self);
   std::size_t enforce_retention();

@@ -176,9 +176,10 @@ task<log_record> log_reader::next() {
       r.unpark();
       co_return rec;
     }
-    co_await r.bell->wait_for(s, std::chrono::milliseconds(100));
+    const bool rung = (co_await r.bell->wait_for(s, std::chrono::milliseconds(100))).has_value();
     r.unpark();
     if (auto rec = r.read()) co_return rec;
+    if (!rung) r.log->try_repair(r.pos);  // stuck behind a dead writer's claim?
   }
 }
 

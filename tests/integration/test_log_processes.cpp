@@ -116,3 +116,30 @@ TEST_CASE("two appending processes and a live reader in a third: every record on
   CHECK(log.recovery().bytes_cut == 0);
   CHECK(log.reader(shmbus::from::beginning()).available().size() == 2 * std::stoull(count));
 }
+
+TEST_CASE("a writer SIGKILLed between claim and commit does not stall the others", "[log][processes][liveness]") {
+  temp_dir dir("dead-writer");
+  shmbus::scheduler s;
+  auto log = shmbus::byte_log::open(s, dir.path);
+  std::vector<std::byte> rec;
+  shmbus::test::make_log_record(rec, 0, 0);
+  s.run(log.append(rec));
+  auto reader = log.reader(shmbus::from::beginning(), {.spin = std::chrono::nanoseconds(0)});
+  helper_process claimer({helper_path(), "claim", dir.path.string()});
+  REQUIRE(claimer.read_line() == "claimed");
+  claimer.kill(SIGKILL);
+  shmbus::test::make_log_record(rec, 0, 1);
+  const shmbus::position after = s.run(log.append(rec));  // durable only once the dead claim is repaired
+  CHECK(log.durable() == log.tail());
+  auto read_two = [&]() -> shmbus::task<std::vector<std::uint64_t>> {
+    std::vector<std::uint64_t> seen;
+    for (int i = 0; i < 2; ++i) {
+      auto r = co_await reader.next();
+      shmbus::test::log_record_id id{};
+      if (shmbus::test::parse_log_record(r.data, id)) seen.push_back(id.index);
+    }
+    co_return seen;
+  };
+  CHECK(s.run(read_two()) == std::vector<std::uint64_t>{0, 1});
+  CHECK(after > 0);
+}

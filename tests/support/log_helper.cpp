@@ -9,10 +9,24 @@
 //       until it has seen COUNT records of each of WRITERS writers, checking
 //       each (content, per-writer order, growing positions). Exits 0 if all
 //       is well.
+//   log_helper claim DIR
+//       claims room for a 100-byte record the way a writer does (slot
+//       intent, then the 16-byte CAS on the tail), prints "claimed" and
+//       never commits: waits for stdin to close (or for its SIGKILL).
 #include <shmbus/log.hpp>
 #include <shmbus/scheduler.hpp>
 
 #include "log_records.hpp"
+
+#include <shmbus/detail/process_identity.hpp>
+#include <shmbus/region.hpp>
+
+#include "core/cas128.hpp"
+#include "log/log_layout.hpp"
+
+#include <unistd.h>
+
+#include <atomic>
 
 #include <cstdio>
 #include <cstdlib>
@@ -56,11 +70,48 @@ shmbus::task<int> tail(shmbus::log_reader& reader, std::uint32_t writers, std::u
   co_return 0;
 }
 
+int claim(const char* dir) {
+  namespace ll = shmbus::detail::log_layout;
+  auto file = shmbus::region::open_file(std::string(dir) + "/log.meta", 0, shmbus::open_mode::open_only);
+  auto* meta = reinterpret_cast<ll::meta*>(file.data());
+  const auto me = shmbus::detail::process_identity::self();
+  ll::slot* mine = nullptr;
+  for (auto& w : meta->writers) {
+    auto word = std::atomic_ref<std::uint64_t>(*reinterpret_cast<std::uint64_t*>(&w));
+    std::uint64_t v = word.load();
+    if (static_cast<std::uint32_t>(v) != 0) continue;
+    if (word.compare_exchange_strong(v, (((v >> 32) + 1) << 32) | 1u)) {
+      mine = &w;
+      break;
+    }
+  }
+  if (mine == nullptr) return 30;
+  mine->pid = me.pid;
+  mine->start_time = me.start_time;
+  const std::uint64_t need = ll::frame_size(100);
+  std::uint64_t pos = std::atomic_ref<std::uint64_t>(meta->tail_position).load();
+  std::uint64_t seq = std::atomic_ref<std::uint64_t>(meta->tail_sequence).load();
+  for (;;) {
+    if (pos % meta->segment_size + need > meta->segment_size) return 31;  // keep the test simple
+    std::atomic_ref<std::uint64_t>(mine->length).store(need);
+    std::atomic_ref<std::uint64_t>(mine->sequence).store(seq);
+    std::atomic_ref<std::uint64_t>(mine->position).store(pos);
+    if (shmbus::detail::cas128(&meta->tail_position, pos, seq, pos + need, seq + 1)) break;
+  }
+  std::printf("claimed\n");
+  std::fflush(stdout);
+  char c;
+  while (::read(0, &c, 1) > 0) {
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   try {
     const std::string mode = argc > 1 ? argv[1] : "";
+    if (mode == "claim" && argc == 3) return claim(argv[2]);
     shmbus::scheduler s;
     if (mode == "append" && argc == 6) {
       auto log = shmbus::byte_log::open(s, argv[2]);
