@@ -44,8 +44,10 @@ struct shared_channel {
   ~shared_channel() { shmbus::region::unlink_shm(name); }
 };
 
-#ifdef SHMBUS_TSAN
+#if defined(SHMBUS_TSAN)
 constexpr std::uint64_t per_publisher = 20'000;
+#elif defined(SHMBUS_ASAN)
+constexpr std::uint64_t per_publisher = 200'000;
 #else
 constexpr std::uint64_t per_publisher = 1'000'000;
 #endif

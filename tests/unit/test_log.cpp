@@ -62,8 +62,8 @@ shmbus::log_options small_segments() {
   return o;
 }
 
-#ifdef SHMBUS_TSAN
-constexpr std::uint64_t many = 50'000;
+#ifdef SHMBUS_SANITIZED
+constexpr std::uint64_t many = 200'000;
 #else
 constexpr std::uint64_t many = 1'000'000;
 #endif
