@@ -20,6 +20,7 @@
 // the scheduler they were opened with. Many processes may open one log.
 #pragma once
 
+#include <shmbus/channel.hpp>
 #include <shmbus/error.hpp>
 #include <shmbus/export.hpp>
 #include <shmbus/task.hpp>
@@ -65,6 +66,9 @@ struct log_options {
   std::chrono::milliseconds sync_every{0};
   /// Permissions of created files.
   mode_t mode = 0600;
+  /// What the records are (size 0: variable-length bytes); recorded when
+  /// the log is created, checked by typed opens (errc::type_mismatch).
+  payload_type type{};
 };
 
 /// What opening a log found after a crash.
@@ -155,6 +159,10 @@ class SHMBUS_API byte_log {
   /// The first handle to open a log (no other live handle holds its lock)
   /// recovers it: see recovery(). Throws shmbus::error naming the path.
   static byte_log open(scheduler& s, const std::filesystem::path& dir, const log_options& options = {});
+  /// Same, checking that an existing log records `expected` as its payload
+  /// type (size, alignment, name hash): errc::type_mismatch otherwise.
+  static byte_log open(scheduler& s, const std::filesystem::path& dir, const log_options& options,
+                       const payload_type& expected);
 
   byte_log(byte_log&&) noexcept;
   byte_log& operator=(byte_log&&) noexcept;
@@ -189,6 +197,39 @@ class SHMBUS_API byte_log {
  private:
   explicit byte_log(std::shared_ptr<detail::log_state> s) noexcept;
   std::shared_ptr<detail::log_state> m_state;
+};
+
+/// A durable log of Ts: byte_log with a type check when opened.
+template <channel_payload T>
+class log {
+ public:
+  static log open(scheduler& s, const std::filesystem::path& dir, log_options options = {}) {
+    options.type = payload_type_of<T>();
+    if (options.max_record < sizeof(T)) options.max_record = sizeof(T);
+    return log(byte_log::open(s, dir, options, options.type));
+  }
+
+  position try_append(const T& value) { return m_bytes.try_append(as_bytes(value)); }
+  /// `value` must live until the append is awaited.
+  [[nodiscard]] task<position> append(const T& value, durability d = durability::sync) {
+    return m_bytes.append(as_bytes(value), d);
+  }
+  [[nodiscard]] task<void> sync() { return m_bytes.sync(); }
+  log_reader reader(const from& start, const reader_options& options = {}) { return m_bytes.reader(start, options); }
+  /// The T in a record read from this log (errc::region_corrupt if its size is not sizeof(T)).
+  static const T& value(const log_record& r) {
+    if (r.data.size() != sizeof(T))
+      throw error(errc::region_corrupt, "read", "log", "a record of another size than the log's type");
+    return *reinterpret_cast<const T*>(r.data.data());
+  }
+  byte_log& bytes() noexcept { return m_bytes; }
+
+ private:
+  explicit log(byte_log b) noexcept : m_bytes(std::move(b)) {}
+  static std::span<const std::byte> as_bytes(const T& v) noexcept {
+    return {reinterpret_cast<const std::byte*>(&v), sizeof(T)};
+  }
+  byte_log m_bytes;
 };
 
 }  // namespace shmbus

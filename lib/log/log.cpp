@@ -26,6 +26,7 @@
 #include "core/crc32c.hpp"
 #include "core/syscall.hpp"
 #include "log/log_state.hpp"
+#include "ring/ring.hpp"
 
 #include <fcntl.h>
 #include <fmt/format.h>
@@ -450,6 +451,12 @@ void log_state::initialize(const log_options& o) {
   meta->max_record = o.max_record;
   meta->commit_salt = random_salt();
   meta->created_ns = realtime_ns();
+  if (o.type.size != 0) {
+    meta->type_size = o.type.size;
+    meta->type_align = o.type.align;
+    meta->type_hash = fnv1a_64(o.type.name);
+    std::memcpy(meta->type_name, o.type.name.data(), std::min(o.type.name.size(), sizeof meta->type_name - 1));
+  }
   std::atomic_ref<std::uint64_t>(meta->magic).store(ll::meta_magic, std::memory_order_release);
   meta_file.sync(0, meta_file.size());
   sync_directory();
@@ -552,6 +559,19 @@ std::string recovery_report::summary() const {
 }
 
 // ---- byte_log ---------------------------------------------------------------------------
+
+byte_log byte_log::open(scheduler& s, const std::filesystem::path& dir, const log_options& options,
+                        const payload_type& expected) {
+  byte_log log = open(s, dir, options);
+  const auto& m = *log.m_state->meta;
+  const std::uint64_t hash = expected.size != 0 ? detail::fnv1a_64(expected.name) : 0;
+  if (m.type_size != expected.size || m.type_align != expected.align || m.type_hash != hash)
+    throw error(errc::type_mismatch, "open log", dir.string(),
+                fmt::format("the log holds '{}' (size {}), expected '{}' (size {})",
+                            std::string_view(m.type_name, ::strnlen(m.type_name, sizeof m.type_name)), m.type_size,
+                            expected.name, expected.size));
+  return log;
+}
 
 byte_log byte_log::open(scheduler& s, const std::filesystem::path& dir, const log_options& options) {
   auto st = std::make_shared<detail::log_state>();

@@ -72,7 +72,11 @@ struct meta {
   std::uint32_t reserved0;               //  28
   std::uint64_t commit_salt;             //  32  non-zero
   std::uint64_t created_ns;              //  40  CLOCK_REALTIME
-  std::byte reserved1[256 - 48];         //  48
+  std::uint32_t type_size;               //  48  sizeof the record type, 0 for bytes
+  std::uint32_t type_align;              //  52
+  std::uint64_t type_hash;               //  56  FNV-1a 64 of type_name, 0 for bytes
+  char type_name[64];                    //  64  NUL-padded
+  std::byte reserved1[256 - 128];        // 128
   alignas(16) std::uint64_t tail_position;  // 256
   std::uint64_t tail_sequence;              // 264
   std::byte reserved2[128 - 16];            // 272
@@ -107,6 +111,7 @@ struct cursor_file {
 };
 
 static_assert(sizeof(slot) == 64);
+static_assert(offsetof(meta, type_name) == 64);
 static_assert(offsetof(meta, tail_position) == 256);
 static_assert(offsetof(meta, durable_position) == 384);
 static_assert(offsetof(meta, first_position) == 512);

@@ -351,3 +351,42 @@ TEST_CASE("a full disk fails append clearly, loses nothing, and the log works on
   }
   CHECK(WEXITSTATUS(status) == 0);
 }
+
+namespace {
+struct order {
+  std::uint64_t id;
+  double amount;
+  static constexpr std::string_view shmbus_type_name = "test.order";
+};
+struct refund {
+  std::uint64_t id;
+  double amount;
+  static constexpr std::string_view shmbus_type_name = "test.refund";
+};
+}  // namespace
+
+TEST_CASE("a typed log records its type and refuses another one", "[log]") {
+  temp_dir dir;
+  shmbus::scheduler s;
+  {
+    auto orders = shmbus::log<order>::open(s, dir.path, small_segments());
+    auto body = [&]() -> task<void> {
+      const order o{42, 9.5};
+      const position p = co_await orders.append(o);
+      CHECK(p == 0);
+      auto billing = orders.reader(shmbus::from::cursor("billing"));
+      auto rec = co_await billing.next();
+      CHECK(shmbus::log<order>::value(rec).id == 42);
+      co_await billing.commit();
+    };
+    s.run(body());
+  }
+  try {
+    (void)shmbus::log<refund>::open(s, dir.path);
+    FAIL("opened a log of orders as refunds");
+  } catch (const shmbus::error& e) {
+    CHECK(e.code() == shmbus::errc::type_mismatch);
+  }
+  auto again = shmbus::log<order>::open(s, dir.path);
+  CHECK(again.reader(shmbus::from::cursor("billing")).try_next().data.empty());
+}
