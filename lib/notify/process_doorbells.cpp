@@ -4,6 +4,7 @@
 #include <shmbus/scheduler.hpp>
 
 #include <fmt/format.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -26,6 +27,16 @@ struct process_doorbells::state {
   state() {
     std::promise<void> started;
     std::future<void> ready = started.get_future();
+    // The thread blocks every signal (it inherits the mask it is created
+    // with): signals meant for the application (a signalfd for SIGTERM, a
+    // handler) must never land on a thread it does not know about.
+    sigset_t all, previous;
+    sigfillset(&all);
+    ::pthread_sigmask(SIG_SETMASK, &all, &previous);
+    struct restore_mask {
+      sigset_t* m_mask;
+      ~restore_mask() { ::pthread_sigmask(SIG_SETMASK, m_mask, nullptr); }
+    } restore{&previous};
     thread = std::thread([this, &started] {
       std::unique_ptr<scheduler> loop;
       try {
