@@ -25,11 +25,7 @@ using shmbus::test::helper_process;
 
 namespace {
 
-std::string helper_path() {
-  const char* p = std::getenv("SHMBUS_CHANNEL_HELPER");
-  REQUIRE(p != nullptr);
-  return p;
-}
+std::string helper_path() { return shmbus::test::program_from_env("SHMBUS_CHANNEL_HELPER"); }
 
 /// A channel in /dev/shm for the duration of a test.
 struct shared_channel {

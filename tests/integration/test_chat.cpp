@@ -20,11 +20,7 @@ using shmbus::test::helper_process;
 
 namespace {
 
-std::string chat_path() {
-  const char* p = std::getenv("SHMBUS_CHAT");
-  REQUIRE(p != nullptr);
-  return p;
-}
+std::string chat_path() { return shmbus::test::program_from_env("SHMBUS_CHAT"); }
 
 struct room {
   std::string name = fmt::format("test{}", ::getpid());

@@ -7,6 +7,7 @@
 #include "child_process.hpp"
 #include "core/sanitizers.hpp"
 #include "log_records.hpp"
+#include "temp_dir.hpp"
 
 #include <catch2/catch.hpp>
 #include <fmt/format.h>
@@ -22,23 +23,9 @@ using shmbus::test::helper_process;
 
 namespace {
 
-std::string helper_path() {
-  const char* p = std::getenv("SHMBUS_LOG_HELPER");
-  REQUIRE(p != nullptr);
-  return p;
-}
+std::string helper_path() { return shmbus::test::program_from_env("SHMBUS_LOG_HELPER"); }
 
-struct temp_dir {
-  fs::path path;
-  explicit temp_dir(std::string_view what)
-      : path(fs::temp_directory_path() / fmt::format("shmbus-log-{}-{}", ::getpid(), what)) {
-    fs::remove_all(path);
-  }
-  ~temp_dir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-};
+using shmbus::test::temp_dir;
 
 struct ack {
   std::uint32_t writer;

@@ -28,11 +28,7 @@ struct summary {
   static constexpr std::string_view shmbus_type_name = "samples.service.summary";
 };
 
-std::string service_path() {
-  const char* p = std::getenv("SHMBUS_SERVICE");
-  REQUIRE(p != nullptr);
-  return p;
-}
+std::string service_path() { return shmbus::test::program_from_env("SHMBUS_SERVICE"); }
 
 }  // namespace
 

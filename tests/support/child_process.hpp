@@ -12,6 +12,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -66,6 +67,14 @@ inline void stop_and_wait(pid_t pid) {
   int status = 0;
   REQUIRE(::waitpid(pid, &status, WUNTRACED) == pid);
   REQUIRE(WIFSTOPPED(status));
+}
+
+/// The path of a program the build passes in an environment variable
+/// (tests/meson.build, samples/meson.build).
+inline std::string program_from_env(const char* variable) {
+  const char* p = std::getenv(variable);
+  REQUIRE(p != nullptr);
+  return p;
 }
 
 /// A helper program run as a child process, its stdin and stdout piped to

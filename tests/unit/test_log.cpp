@@ -8,6 +8,7 @@
 
 #include "core/sanitizers.hpp"
 #include "log/log_layout.hpp"
+#include "temp_dir.hpp"
 
 #include <catch2/catch.hpp>
 #include <fmt/format.h>
@@ -28,19 +29,7 @@ using shmbus::task;
 
 namespace {
 
-struct temp_dir {
-  fs::path path;
-  temp_dir() {
-    static int n = 0;
-    path = fs::temp_directory_path() / fmt::format("shmbus-log-test-{}-{}", ::getpid(), n++);
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~temp_dir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-};
+using shmbus::test::temp_dir;
 
 /// Record i: its length (0..250) and bytes derive from i alone.
 std::vector<std::byte> record(std::uint64_t i) {
