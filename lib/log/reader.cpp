@@ -170,6 +170,13 @@ task<log_record> log_reader::next() {
   const auto until = std::chrono::steady_clock::now() + r.options.spin;
   while (std::chrono::steady_clock::now() < until)
     if (auto rec = r.read()) co_return rec;
+  if (!r.bell) {
+    // A doorbell only for readers that sleep: try_next() readers need none
+    // (and no doorbell server thread).
+    r.bell = std::make_unique<event_fd>();
+    r.bell_id = detail::process_doorbells::instance().add(*r.bell);
+    std::atomic_ref<std::uint64_t>(r.log->meta->readers[r.slot].doorbell_id).store(r.bell_id, std::memory_order_release);
+  }
   for (;;) {
     r.park();
     if (auto rec = r.read()) {
@@ -217,9 +224,6 @@ log_reader byte_log::reader(const from& start, const reader_options& options) {
   }
   r->slot = m_state->take_slot(m_state->meta->readers, detail::log_layout::reader_slots);
   if (r->slot < 0) throw error(errc::would_block, "reader", m_state->dir.string(), "all 32 reader slots are taken");
-  r->bell = std::make_unique<event_fd>();
-  r->bell_id = detail::process_doorbells::instance().add(*r->bell);
-  std::atomic_ref<std::uint64_t>(m_state->meta->readers[r->slot].doorbell_id).store(r->bell_id, std::memory_order_release);
   return log_reader(std::move(r));
 }
 
