@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cstring>
 
 namespace shmbus {
@@ -45,12 +46,16 @@ std::filesystem::path cursor_path(const log_state& st, std::string_view name) {
   return st.dir / "cursors" / (std::string(name) + ".cursor");
 }
 
-ll::cursor_file make_cursor(position p) noexcept {
+/// The 16 bytes of a cursor file (as bytes: g++ misreads a write of the
+/// struct from a coroutine frame as reading past its first field).
+std::array<std::byte, sizeof(ll::cursor_file)> cursor_bytes(position p) noexcept {
   ll::cursor_file c{};
   c.position = p;
   c.crc32c = crc32c({reinterpret_cast<const std::byte*>(&c.position), 8});
   c.magic = ll::cursor_magic;
-  return c;
+  std::array<std::byte, sizeof c> bytes{};
+  std::memcpy(bytes.data(), &c, sizeof c);
+  return bytes;
 }
 
 /// The cursor's position, or std::nullopt when it does not exist.
@@ -73,8 +78,8 @@ void write_cursor_now(const log_state& st, const std::filesystem::path& path, po
   const auto tmp = path.string() + ".tmp";
   unique_fd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, st.options.mode));
   if (!fd) throw_errno(errno, "open", tmp, "cursor");
-  const ll::cursor_file c = make_cursor(p);
-  if (::write(fd.get(), &c, sizeof c) != static_cast<ssize_t>(sizeof c)) throw_errno(errno, "write", tmp);
+  const auto c = cursor_bytes(p);
+  if (::write(fd.get(), c.data(), c.size()) != static_cast<ssize_t>(c.size())) throw_errno(errno, "write", tmp);
   if (::fdatasync(fd.get()) != 0) throw_errno(errno, "fdatasync", tmp);
   if (::rename(tmp.c_str(), path.c_str()) != 0) throw_errno(errno, "rename", tmp);
   unique_fd dir(::open(path.parent_path().c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
@@ -198,8 +203,8 @@ task<void> log_reader::commit() {
   const auto tmp = path.string() + ".tmp";
   unique_fd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, r.log->options.mode));
   if (!fd) throw_errno(errno, "open", tmp, "cursor");
-  const auto c = detail::make_cursor(r.pos);
-  if (::write(fd.get(), &c, sizeof c) != static_cast<ssize_t>(sizeof c)) throw_errno(errno, "write", tmp);
+  const auto c = detail::cursor_bytes(r.pos);
+  if (::write(fd.get(), c.data(), c.size()) != static_cast<ssize_t>(c.size())) throw_errno(errno, "write", tmp);
   co_await async_fsync(*r.log->sched, fd.get(), sync_kind::data);
   if (::rename(tmp.c_str(), path.c_str()) != 0) throw_errno(errno, "rename", tmp);
   unique_fd dir(::open(path.parent_path().c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
