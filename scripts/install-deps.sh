@@ -8,6 +8,7 @@ packages=(
   meson ninja-build pkg-config
   cmake                # Meson finds Debian's range-v3 through its CMake package
   liburing-dev libfmt-dev librange-v3-dev
+  libcli11-dev         # the shmbus command's argument parser (header-only)
   catch2               # Catch2 v2, for the tests
   python3              # Meson itself, and the layout tests
 )
