@@ -25,6 +25,7 @@
 #include <cstdlib>
 #include <ctime>
 #include <functional>
+#include <map>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -120,18 +121,28 @@ struct plan {
 
 struct comparison {
   std::vector<double> samples_a, samples_b;
-  std::vector<double> pair_ratios;  ///< p50_A / p50_B of each pair of blocks
+  std::vector<double> pair_ratios;       ///< p50_A / p50_B of each pair of blocks
+  std::vector<double> pair_mean_ratios;  ///< mean_A / mean_B of each pair of blocks
+  /// Samples of the further sides (diagnostics), in the order given.
+  std::vector<std::vector<double>> samples_more;
 };
 
-/// Runs warm-up blocks of both sides, then `p.pairs` pairs of blocks A, B.
-inline comparison run_interleaved(const side& a, const side& b, const plan& p) {
+/// Runs warm-up blocks of every side, then `p.pairs` rounds of blocks A, B
+/// and then each of `more` (A B C A B C ...: diagnostic sides measured in
+/// the same rounds; the pair ratios compare A and B only).
+inline comparison run_interleaved(const side& a, const side& b, const plan& p, const std::vector<side>& more) {
   comparison c;
+  c.samples_more.resize(more.size());
   std::vector<double> scratch;
   for (std::size_t i = 0; i < p.warmup_blocks; ++i) {
     scratch.clear();
     a.run_block(p.block, scratch);
     scratch.clear();
     b.run_block(p.block, scratch);
+    for (const side& m : more) {
+      scratch.clear();
+      m.run_block(p.block, scratch);
+    }
   }
   std::vector<double> block_a, block_b;
   for (std::size_t i = 0; i < p.pairs; ++i) {
@@ -139,12 +150,22 @@ inline comparison run_interleaved(const side& a, const side& b, const plan& p) {
     block_b.clear();
     a.run_block(p.block, block_a);
     b.run_block(p.block, block_b);
-    c.pair_ratios.push_back(compute_stats(block_a).p50 / compute_stats(block_b).p50);
+    const stats sa = compute_stats(block_a), sb = compute_stats(block_b);
+    c.pair_ratios.push_back(sa.p50 / sb.p50);
+    c.pair_mean_ratios.push_back(sa.mean / sb.mean);
     c.samples_a.insert(c.samples_a.end(), block_a.begin(), block_a.end());
     c.samples_b.insert(c.samples_b.end(), block_b.begin(), block_b.end());
+    for (std::size_t k = 0; k < more.size(); ++k) {
+      scratch.clear();
+      more[k].run_block(p.block, scratch);
+      c.samples_more[k].insert(c.samples_more[k].end(), scratch.begin(), scratch.end());
+    }
   }
   return c;
 }
+
+/// Runs warm-up blocks of both sides, then `p.pairs` pairs of blocks A, B.
+inline comparison run_interleaved(const side& a, const side& b, const plan& p) { return run_interleaved(a, b, p, {}); }
 
 // ---- results and output -------------------------------------------------------
 
@@ -161,8 +182,35 @@ struct result {
   std::vector<double> pair_ratios;
   /// Extra fields: key and already-encoded JSON value.
   std::vector<std::pair<std::string, std::string>> extra;
+  /// What ratio() and the pair ratios compare (set before fill()). Samples
+  /// are times per operation; the rate forms divide the baseline's time by
+  /// the case's, so that above 1 means faster than the baseline.
+  enum class compare : std::uint8_t {
+    p50_time,   ///< p50 of the case / p50 of the baseline (latency cases)
+    mean_rate,  ///< sustained throughput: baseline mean / case mean
+    p50_rate,   ///< median-sample throughput: baseline p50 / case p50
+  };
+  compare compared = compare::p50_time;
+  /// Names the --samples files; empty: `name` (set it when one case
+  /// reports several results, e.g. one per message size).
+  std::string sample_name;
 
-  double ratio() const noexcept { return measured.p50 / base.p50; }
+  double ratio() const noexcept {
+    switch (compared) {
+      case compare::mean_rate: return base.mean / measured.mean;
+      case compare::p50_rate: return base.p50 / measured.p50;
+      case compare::p50_time: break;
+    }
+    return measured.p50 / base.p50;
+  }
+  const char* ratio_label() const noexcept {
+    switch (compared) {
+      case compare::mean_rate: return "rate ratio (sustained: baseline mean / case mean)";
+      case compare::p50_rate: return "rate ratio (baseline p50 / case p50)";
+      case compare::p50_time: break;
+    }
+    return "ratio p50";
+  }
   double pair_ratio_median() const { return median(pair_ratios); }
 
   void add_extra(std::string key, bool v) { extra.emplace_back(std::move(key), v ? "true" : "false"); }
@@ -218,8 +266,9 @@ inline void write_samples(const std::string& path, const std::vector<double>& sa
 /// be set: it names the sample files).
 inline void fill(result& r, const comparison& c) {
   if (!samples_prefix().empty()) {
-    write_samples(fmt::format("{}{}.txt", samples_prefix(), r.name), c.samples_a);
-    write_samples(fmt::format("{}{}.baseline.txt", samples_prefix(), r.name), c.samples_b);
+    const std::string& file = r.sample_name.empty() ? r.name : r.sample_name;
+    write_samples(fmt::format("{}{}.txt", samples_prefix(), file), c.samples_a);
+    write_samples(fmt::format("{}{}.baseline.txt", samples_prefix(), file), c.samples_b);
   }
   r.measured = compute_stats(c.samples_a);
   r.base = compute_stats(c.samples_b);
@@ -227,7 +276,9 @@ inline void fill(result& r, const comparison& c) {
   // operation (the clock reads between samples are not counted).
   r.ops_per_s = 1e9 / r.measured.mean;
   r.base_ops_per_s = 1e9 / r.base.mean;
-  r.pair_ratios = c.pair_ratios;
+  r.pair_ratios = r.compared == result::compare::mean_rate ? c.pair_mean_ratios : c.pair_ratios;
+  if (r.compared != result::compare::p50_time)
+    for (double& v : r.pair_ratios) v = 1 / v;
 }
 
 /// The result as one line of JSON (no trailing newline).
@@ -295,7 +346,7 @@ inline void print_table(const result& r, std::FILE* out = stdout) {
                human_ns(r.base.p999), human_rate(r.base_ops_per_s));
     std::string pairs;
     for (double v : r.pair_ratios) pairs += fmt::format(" {:.2f}", v);
-    fmt::print(out, "  ratio p50 {:.3f}   per-pair ratios:{}   median {:.3f}\n", r.ratio(), pairs,
+    fmt::print(out, "  {} {:.3f}   per-pair ratios:{}   median {:.3f}\n", r.ratio_label(), r.ratio(), pairs,
                r.pair_ratio_median());
   }
   for (const auto& [key, value] : r.extra) fmt::print(out, "  {}: {}\n", key, value);
@@ -315,17 +366,46 @@ struct options {
   bool json = false;
   bool quick = false;
   std::string only;  ///< --case NAME; empty: every case
+  /// Values of the bench's own flags (see value_flag), by name without "--".
+  std::map<std::string, std::string> values;
+};
+
+/// A flag that takes a value, which a bench accepts besides the common ones:
+/// `--NAME VALUE` or `--NAME=VALUE`.
+struct value_flag {
+  std::string name;  ///< without the leading "--"
+  std::string help;  ///< e.g. "N  measured pairs of blocks"
 };
 
 /// Parses --json, --quick, --case NAME (or --case=NAME), --samples PREFIX,
-/// --help. Exits on --help (0) and on an unknown argument (2).
-inline options parse_options(int argc, char** argv, const std::vector<std::string>& cases, std::string_view usage_name) {
+/// --help, and the bench's own `flags`. Exits on --help (0) and on an
+/// unknown argument (2).
+inline options parse_options(int argc, char** argv, const std::vector<std::string>& cases, std::string_view usage_name,
+                             const std::vector<value_flag>& flags = {}) {
   options o;
   auto usage = [&](std::FILE* to) {
-    fmt::print(to, "usage: {} [--json] [--quick] [--case NAME] [--samples PREFIX]\n", usage_name);
-    fmt::print(to, "  --samples PREFIX  also write every sample to PREFIX<case>[.baseline].txt\ncases:");
+    fmt::print(to, "usage: {} [--json] [--quick] [--case NAME] [--samples PREFIX]", usage_name);
+    for (const auto& f : flags) fmt::print(to, " [--{} VALUE]", f.name);
+    fmt::print(to, "\n  --samples PREFIX  also write every sample to PREFIX<case>[.baseline].txt\n");
+    for (const auto& f : flags) fmt::print(to, "  --{} {}\n", f.name, f.help);
+    fmt::print(to, "cases:");
     for (const auto& c : cases) fmt::print(to, " {}", c);
     fmt::print(to, "\n");
+  };
+  // --NAME VALUE or --NAME=VALUE for one of `flags`; advances i.
+  auto take_value = [&](std::string_view a, int& i) {
+    for (const auto& f : flags) {
+      const std::string dashed = "--" + f.name;
+      if (a == dashed && i + 1 < argc) {
+        o.values[f.name] = argv[++i];
+        return true;
+      }
+      if (a.size() > dashed.size() && a.substr(0, dashed.size()) == dashed && a[dashed.size()] == '=') {
+        o.values[f.name] = std::string(a.substr(dashed.size() + 1));
+        return true;
+      }
+    }
+    return false;
   };
   for (int i = 1; i < argc; ++i) {
     const std::string_view a = argv[i];
@@ -339,6 +419,8 @@ inline options parse_options(int argc, char** argv, const std::vector<std::strin
       o.only = std::string(a.substr(7));
     } else if (a == "--samples" && i + 1 < argc) {
       samples_prefix() = argv[++i];
+    } else if (take_value(a, i)) {
+      // one of the bench's own flags
     } else if (a == "--help" || a == "-h") {
       usage(stdout);
       std::exit(0);
