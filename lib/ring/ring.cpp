@@ -404,12 +404,14 @@ int ring::register_subscriber(std::int32_t pid, std::uint64_t start_time, bool f
       cursor = newest();
       publish_position(i, cursor);
     }
+    m_unlappable_reader = m_policy == layout::policy_block;
     return static_cast<int>(i);
   }
   return -1;
 }
 
 void ring::unregister_subscriber(std::uint32_t index) noexcept {
+  m_unlappable_reader = false;
   shared(m_header->active_subscribers).fetch_and(~(std::uint64_t{1} << index), std::memory_order_seq_cst);
   auto word = slot_word(m_subscribers[index]);
   word.store(make_word(layout::slot_free, generation_of(word.load(std::memory_order_relaxed))),
@@ -551,6 +553,9 @@ read_status ring::try_read(ring_cursor& cursor, frame& out, std::uint64_t& misse
     if ((p & (layout::frame_alignment - 1)) != 0) return read_status::corrupt;
     const std::uint64_t commit = load_commit(p);
     if (commit != (p ^ m_salt)) {
+      // A registered reader under the block policy cannot have been lapped:
+      // not committed means nothing new (or a claim in progress).
+      if (m_unlappable_reader) return read_status::empty;
       const std::uint64_t tail = tail_position();
       if (p >= tail) return read_status::empty;
       if (tail - p <= m_capacity) return read_status::empty;  // claimed, not yet committed
@@ -569,7 +574,7 @@ read_status ring::try_read(ring_cursor& cursor, frame& out, std::uint64_t& misse
     // Under the overwrite policy these fields may already belong to a newer
     // lap: a writer that has claimed but not yet committed over them leaves
     // the old commit word in place, so check the tail too (still_valid).
-    if (!unchanged_since(p, commit)) continue;
+    if (!m_unlappable_reader && !unchanged_since(p, commit)) continue;
     if (type == layout::frame_padding) {
       if (offset + layout::frame_header_size + length != m_capacity) return read_status::corrupt;
       cursor.position = p + (m_capacity - offset);

@@ -272,6 +272,10 @@ class ring {
   // Publisher-side cache of the slowest subscriber (block policy).
   std::uint64_t m_limit_cache = 0;
   std::uint64_t m_active_cache = ~std::uint64_t{0};
+  // Set by register_subscriber on this object: under the block policy no
+  // publisher can reach the frames this reader has not released, so its
+  // reads need not look at the tail (a cache line every claim writes).
+  bool m_unlappable_reader = false;
   // Reclaiming dead subscribers from try_claim.
   liveness_check m_alive = nullptr;
   std::uint64_t m_liveness_interval_ns = 0;
