@@ -934,6 +934,7 @@ int main(int argc, char** argv) {
   sa.sa_flags = SA_RESETHAND;  // a second signal kills at once
   ::sigaction(SIGINT, &sa, nullptr);
   ::sigaction(SIGTERM, &sa, nullptr);
+  std::signal(SIGPIPE, SIG_IGN);  // a closed pipe makes output fail (and clean up), not kill us
 
   int failures = 0;
   try {

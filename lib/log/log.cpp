@@ -345,9 +345,20 @@ struct sync_waiter {
 task<void> log_state::sync_to(std::shared_ptr<log_state> self, position target) {
   log_state& st = *self;
   int stalls = 0;
+  bool yielded = false;
   while (st.load(st.meta->durable_position) < target) {
     if (st.sync_in_flight) {
       co_await sync_waiter{&st};
+      continue;
+    }
+    if (!yielded) {
+      // One turn of the loop before issuing a sync, so that the coroutines
+      // ready now (a burst of appends, the writers the last sync resumed)
+      // append first and this sync covers them too: without it a sync
+      // covered about half of what was ready (bench_log: 1 fsync per 32
+      // records with 64 writers, against 1 per 64 for a hand-written loop).
+      yielded = true;
+      co_await st.sched->schedule();
       continue;
     }
     const prefix p = st.committed_prefix(st.load(st.meta->durable_position), st.load(st.meta->durable_sequence));
