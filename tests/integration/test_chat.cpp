@@ -1,6 +1,8 @@
 // samples/chat between real processes: three scripted members, a late
 // joiner that sees the history, and a member killed with SIGKILL whose
 // departure the others notice.
+#include <shmbus/bus.hpp>
+
 #include "child_process.hpp"
 
 #include <catch2/catch.hpp>
@@ -29,6 +31,10 @@ struct room {
   ~room() {
     std::error_code ec;
     fs::remove_all(dir, ec);
+    try {
+      shmbus::bus::remove("chat-" + name);  // the members leave the bus behind
+    } catch (const shmbus::error&) {
+    }
   }
   std::string script(const std::string& who, const std::vector<std::string>& lines) const {
     const auto path = dir / (who + ".script");
