@@ -351,13 +351,6 @@ extern "C" void on_sigalrm(int) {
   ::_exit(1);
 }
 
-bool pin_to_cpu(int cpu) {
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  CPU_SET(cpu, &set);
-  return ::sched_setaffinity(0, sizeof set, &set) == 0;
-}
-
 /// CPUs this program may run on, counted at start (before any pinning).
 int g_cpus = 0;
 
@@ -733,7 +726,7 @@ bench::result pingpong_one(pp_mode mode, std::size_t size, const bench::plan& p)
   prefault(ping.backing());
   prefault(pong.backing());
 
-  const bool pinned_parent = pin_to_cpu(0);
+  const bool pinned_parent = bench::pin_to_cpu(0);
   scheduler s;
   shmbus::byte_subscriber sub(pong, pp_subscriber_options(mode));  // before the worker can answer
   shmbus::byte_publisher pub(ping);
@@ -940,7 +933,7 @@ bench::result stream_case(const stream_spec& spec, const bench::plan& p, std::ui
   shmbus::channel ch = shmbus::channel::create_memfd("bench-stream", channel_options_for(ring_bytes), {});
   prefault(arena_region);
   prefault(ch.backing());
-  const bool pinned_parent = spec.pin && pin_to_cpu(0);
+  const bool pinned_parent = spec.pin && bench::pin_to_cpu(0);
   shmbus::byte_publisher pub(ch);
   ring_writer writer(arena, spec.subscribers);
 
@@ -1077,7 +1070,7 @@ shmbus::region adopt(int fd, std::string_view name) {
 
 void pingpong_worker_run(const worker_args& a, const arena_view& arena) {
   worker_report& report = arena.control().report[0];
-  if (const std::int64_t cpu = a.number("cpu"); cpu >= 0) report.pinned = pin_to_cpu(static_cast<int>(cpu)) ? 1 : 0;
+  if (const std::int64_t cpu = a.number("cpu"); cpu >= 0) report.pinned = bench::pin_to_cpu(static_cast<int>(cpu)) ? 1 : 0;
   const pp_mode mode = a.text("mode") == "spin" ? pp_mode::spin : pp_mode::event;
   const std::size_t size = a.count("size");
   const std::size_t n = a.count("block");
@@ -1115,7 +1108,7 @@ void sink_worker_run(const worker_args& a, const arena_view& arena) {
   const std::size_t index = a.count("index");
   if (index >= max_workers) throw std::runtime_error("worker index out of range");
   worker_report& report = arena.control().report[index];
-  if (const std::int64_t cpu = a.number("cpu"); cpu >= 0) report.pinned = pin_to_cpu(static_cast<int>(cpu)) ? 1 : 0;
+  if (const std::int64_t cpu = a.number("cpu"); cpu >= 0) report.pinned = bench::pin_to_cpu(static_cast<int>(cpu)) ? 1 : 0;
   const std::size_t size = a.count("size");
   const std::size_t n = a.count("block");
   const std::size_t per_sample = a.count("per_sample");
@@ -1262,31 +1255,6 @@ const case_spec cases[] = {
     {"fanout", fanout},
 };
 
-/// Exits 77 where the kernel refuses io_uring (seccomp, old kernels).
-void skip_without_io_uring() {
-  io_uring ring;
-  if (int r = io_uring_queue_init(4, &ring, 0); r < 0) {
-    if (r == -EPERM || r == -ENOSYS || r == -EACCES) {
-      std::fprintf(stderr, "io_uring unavailable (%s): skipping\n", std::strerror(-r));
-      std::exit(77);
-    }
-  } else {
-    io_uring_queue_exit(&ring);
-  }
-}
-
-std::uint64_t parse_count(const bench::options& o, const std::string& key, std::uint64_t fallback) {
-  auto it = o.values.find(key);
-  if (it == o.values.end()) return fallback;
-  char* end = nullptr;
-  const unsigned long long v = std::strtoull(it->second.c_str(), &end, 0);
-  if (end == it->second.c_str() || *end != '\0' || v == 0) {
-    std::fprintf(stderr, "--%s: not a positive number: %s\n", key.c_str(), it->second.c_str());
-    std::exit(2);
-  }
-  return v;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -1300,13 +1268,13 @@ int main(int argc, char** argv) {
                             {"ring", "BYTES  ring of the throughput and fan-out cases (default 1048576)"}});
   settings s;
   s.quick = opts.quick;
-  s.pairs = parse_count(opts, "pairs", 0);
-  s.ring_bytes = parse_count(opts, "ring", s.ring_bytes);
+  s.pairs = bench::parse_count(opts, "pairs", 0);
+  s.ring_bytes = bench::parse_count(opts, "ring", s.ring_bytes);
   if ((s.ring_bytes & (s.ring_bytes - 1)) != 0 || s.ring_bytes < (std::uint64_t{1} << 16)) {
     std::fprintf(stderr, "--ring: a power of two of at least 65536 bytes\n");
     return 2;
   }
-  skip_without_io_uring();
+  bench::skip_without_io_uring();
   g_cpus = cpu_count();
 
   struct sigaction sa {};

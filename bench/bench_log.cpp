@@ -880,31 +880,6 @@ const case_spec cases[] = {
     {"replay", replay},
 };
 
-/// Exits 77 where the kernel refuses io_uring (seccomp, old kernels).
-void skip_without_io_uring() {
-  io_uring ring;
-  if (int r = io_uring_queue_init(4, &ring, 0); r < 0) {
-    if (r == -EPERM || r == -ENOSYS || r == -EACCES) {
-      std::fprintf(stderr, "io_uring unavailable (%s): skipping\n", std::strerror(-r));
-      std::exit(77);
-    }
-  } else {
-    io_uring_queue_exit(&ring);
-  }
-}
-
-std::uint64_t parse_count(const bench::options& o, const std::string& key, std::uint64_t fallback) {
-  auto it = o.values.find(key);
-  if (it == o.values.end()) return fallback;
-  char* end = nullptr;
-  const unsigned long long v = std::strtoull(it->second.c_str(), &end, 0);
-  if (end == it->second.c_str() || *end != '\0' || v == 0) {
-    std::fprintf(stderr, "--%s: not a positive number: %s\n", key.c_str(), it->second.c_str());
-    std::exit(2);
-  }
-  return v;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -917,8 +892,8 @@ int main(int argc, char** argv) {
        {"writers", "K  concurrent writers of durable_append (default 64)"}});
   settings s;
   s.quick = opts.quick;
-  s.pairs = parse_count(opts, "pairs", 0);
-  s.writers = parse_count(opts, "writers", 64);
+  s.pairs = bench::parse_count(opts, "pairs", 0);
+  s.writers = bench::parse_count(opts, "writers", 64);
   const auto dir_it = opts.values.find("dir");
   const fs::path parent = dir_it == opts.values.end() ? fs::path("/var/tmp") : fs::path(dir_it->second);
   std::error_code ec;
@@ -926,7 +901,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "--dir: %s is not an existing directory\n", parent.c_str());
     return 2;
   }
-  skip_without_io_uring();
+  bench::skip_without_io_uring();
 
   struct sigaction sa {};
   sa.sa_handler = on_interrupt;

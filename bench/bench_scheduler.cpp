@@ -225,13 +225,6 @@ void check_peer_alive() {
 }
 
 /// Pins the calling process to `cpu`; false if refused or absent.
-bool pin_to_cpu(int cpu) {
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  CPU_SET(cpu, &set);
-  return ::sched_setaffinity(0, sizeof set, &set) == 0;
-}
-
 void raw_write(int fd) {
   const std::uint64_t one = 1;
   ssize_t r;
@@ -325,7 +318,7 @@ void echo_baseline(const doorbells& d, baseline_waiter& w, std::size_t n) {
   char status = 'E';
   try {
     ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-    const bool pinned = pin_to_cpu(1);
+    const bool pinned = bench::pin_to_cpu(1);
     scheduler s;  // created after the fork: each process has its own
     baseline_waiter w(kind);
     status = pinned ? 'P' : 'U';
@@ -398,7 +391,7 @@ bench::result wakeup_case(const bench::plan& p, baseline_kind kind) {
     }
   } child_guard{child, status_pipe[0], old_sa};
 
-  const bool pinned_a = pin_to_cpu(0);
+  const bool pinned_a = bench::pin_to_cpu(0);
   char status = 0;
   if (::read(status_pipe[0], &status, 1) != 1 || status == 'E')
     throw std::runtime_error("the echoing process failed to start (see its message above)");
@@ -506,26 +499,13 @@ const case_spec cases[] = {
     {"wakeup_eventfd_vs_uring", wakeup_eventfd_vs_uring, {1, 10, 2000}, {1, 2, 200}},
 };
 
-/// Exits 77 where the kernel refuses io_uring (seccomp, old kernels).
-void skip_without_io_uring() {
-  io_uring ring;
-  if (int r = io_uring_queue_init(4, &ring, 0); r < 0) {
-    if (r == -EPERM || r == -ENOSYS || r == -EACCES) {
-      std::fprintf(stderr, "io_uring unavailable (%s): skipping\n", std::strerror(-r));
-      std::exit(77);
-    }
-  } else {
-    io_uring_queue_exit(&ring);
-  }
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
   std::vector<std::string> names;
   for (const auto& c : cases) names.emplace_back(c.name);
   const bench::options opts = bench::parse_options(argc, argv, names, "bench_scheduler");
-  skip_without_io_uring();
+  bench::skip_without_io_uring();
 
   if (!opts.json)
     fmt::print("shmbus scheduler benchmarks{} (p50/p99/p99.9 over all samples; A/B blocks interleaved)\n",

@@ -16,8 +16,11 @@
 #pragma once
 
 #include <fmt/format.h>
+#include <liburing.h>
+#include <sched.h>
 
 #include <algorithm>
+#include <cstring>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -436,6 +439,42 @@ inline options parse_options(int argc, char** argv, const std::vector<std::strin
     std::exit(2);
   }
   return o;
+}
+
+// ---- shared by the bench programs --------------------------------------------
+
+/// Exits 77 where the kernel refuses io_uring (seccomp, old kernels).
+inline void skip_without_io_uring() {
+  io_uring ring;
+  if (int r = io_uring_queue_init(4, &ring, 0); r < 0) {
+    if (r == -EPERM || r == -ENOSYS || r == -EACCES) {
+      std::fprintf(stderr, "io_uring unavailable (%s): skipping\n", std::strerror(-r));
+      std::exit(77);
+    }
+  } else {
+    io_uring_queue_exit(&ring);
+  }
+}
+
+/// The value of `--KEY N` (a positive integer), or `fallback`; exits 2 on a bad value.
+inline std::uint64_t parse_count(const options& o, const std::string& key, std::uint64_t fallback) {
+  auto it = o.values.find(key);
+  if (it == o.values.end()) return fallback;
+  char* end = nullptr;
+  const unsigned long long v = std::strtoull(it->second.c_str(), &end, 0);
+  if (end == it->second.c_str() || *end != '\0' || v == 0) {
+    std::fprintf(stderr, "--%s: not a positive number: %s\n", key.c_str(), it->second.c_str());
+    std::exit(2);
+  }
+  return v;
+}
+
+/// Pins the calling process to one CPU; false where that is refused.
+inline bool pin_to_cpu(int cpu) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(cpu, &set);
+  return ::sched_setaffinity(0, sizeof set, &set) == 0;
 }
 
 }  // namespace shmbus::bench
