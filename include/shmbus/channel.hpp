@@ -41,6 +41,7 @@
 #include <range/v3/view/transform.hpp>
 
 #include <chrono>
+#include <concepts>
 #include <coroutine>
 #include <cstddef>
 #include <cstdint>
@@ -175,6 +176,11 @@ struct publisher_options {
   /// us back are still alive (dead ones' slots are reclaimed). Also the
   /// longest a held-back publisher sleeps between two looks at the ring.
   std::chrono::milliseconds liveness_check{100};
+  /// Fill this process's page tables for the whole channel when the handle
+  /// is made (once per channel per process), so that the first lap through
+  /// the ring takes no page fault per page (1-5 µs each). Channels larger
+  /// than 64 MiB are never prefaulted (they would become resident at once).
+  bool prefault = true;
 };
 
 class byte_publisher;
@@ -225,6 +231,7 @@ class claim_awaitable {
   std::uint32_t m_length;
   Finish m_finish;
   publish_status m_status = publish_status::would_block;
+  bool m_finished = false;  // try_at_once did it all
   claim_ticket m_claim;
   task<void> m_slow;
 };
@@ -248,6 +255,7 @@ class SHMBUS_API byte_publisher {
   [[nodiscard]] auto publish(std::span<const std::byte> bytes) noexcept {
     struct copy_and_commit {
       std::span<const std::byte> m_bytes;
+      publish_status try_at_once(byte_publisher& p) const noexcept { return p.try_publish(m_bytes); }
       void operator()(byte_publisher& p, const detail::claim_ticket& c) const noexcept {
         if (!m_bytes.empty()) std::memcpy(c.payload, m_bytes.data(), m_bytes.size());
         p.commit(c);
@@ -288,9 +296,21 @@ class SHMBUS_API byte_publisher {
 
 namespace detail {
 
+/// A Finish that can also do the whole operation in one call when there is
+/// room (publish: claim, copy and commit without leaving the library).
+template <class Finish>
+concept finishes_at_once = requires(const Finish& f, byte_publisher& p) {
+  { f.try_at_once(p) } -> std::same_as<publish_status>;
+};
+
 template <class Finish>
 bool claim_awaitable<Finish>::await_ready() noexcept {
-  m_status = m_publisher->try_claim(m_length, m_claim);
+  if constexpr (finishes_at_once<Finish>) {
+    m_status = m_finish.try_at_once(*m_publisher);
+    m_finished = m_status == publish_status::ok;
+  } else {
+    m_status = m_publisher->try_claim(m_length, m_claim);
+  }
   return m_status != publish_status::would_block;
 }
 
@@ -301,6 +321,9 @@ task<void> claim_awaitable<Finish>::slow_path() {
 
 template <class Finish>
 decltype(auto) claim_awaitable<Finish>::await_resume() {
+  if constexpr (finishes_at_once<Finish>) {
+    if (m_finished) return;
+  }
   if (m_slow.valid())
     m_slow.operator co_await().await_resume();
   else if (m_status == publish_status::too_large)
@@ -345,6 +368,8 @@ struct subscriber_options {
   /// How often a parked subscriber wakes to check for a publisher that died
   /// between claim and commit (its claim is then skipped).
   std::chrono::milliseconds liveness_check{100};
+  /// As publisher_options::prefault.
+  bool prefault = true;
 };
 
 class byte_subscriber;
@@ -358,10 +383,7 @@ class next_awaitable {
   explicit next_awaitable(byte_subscriber& s) noexcept : m_subscriber(&s) {}
   bool await_ready() noexcept;
   template <class Promise>
-  bool await_suspend(std::coroutine_handle<Promise> h) {
-    m_slow = slow_path();
-    return m_slow.operator co_await().await_suspend(h);
-  }
+  bool await_suspend(std::coroutine_handle<Promise> h);
   byte_message await_resume();
 
  private:
@@ -424,6 +446,10 @@ class SHMBUS_API byte_subscriber {
   std::uint32_t slot() const noexcept;
 
   // ---- the parts next() is made of -------------------------------------------
+  /// Spins for up to options.spin; true when a read found a message (or
+  /// corruption), in `out`. Never waits on anything but the ring.
+  bool spin_for_message(byte_message& out) noexcept;
+  /// Parks until a message comes (no spinning).
   static task<void> next_when_available(detail::frame_cache& frames, byte_subscriber& self, byte_message& out);
   detail::frame_cache& frames() noexcept;
 
@@ -436,6 +462,15 @@ namespace detail {
 inline bool next_awaitable::await_ready() noexcept {
   m_message = m_subscriber->try_next();
   return m_message.status != receive_status::empty;
+}
+
+template <class Promise>
+bool next_awaitable::await_suspend(std::coroutine_handle<Promise> h) {
+  // Spinning here, before any coroutine frame exists, keeps the path from
+  // "the message is there" to the caller's next statement short.
+  if (m_subscriber->spin_for_message(m_message)) return false;
+  m_slow = slow_path();
+  return m_slow.operator co_await().await_suspend(h);
 }
 
 inline task<void> next_awaitable::slow_path() {

@@ -27,6 +27,9 @@
 
 #include <fmt/format.h>
 
+#include <sys/mman.h>
+
+#include <algorithm>
 #include <atomic>
 #include <bit>
 #include <thread>
@@ -47,6 +50,20 @@ struct channel_state {
   region backing;
   ring frames;
   std::string name;
+  std::atomic<bool> prefaulted{false};
+
+  /// Maps every page of the region into this process's page tables (once).
+  /// Best effort: kernels before 5.14 lack MADV_POPULATE_WRITE, and then
+  /// the first lap faults its pages in as before.
+  /// Regions above prefault_limit are left alone: making a huge ring
+  /// resident at once could exhaust memory.
+  static constexpr std::size_t prefault_limit = std::size_t{64} << 20;
+  void prefault() noexcept {
+    if (prefaulted.exchange(true, std::memory_order_relaxed)) return;
+#ifdef MADV_POPULATE_WRITE
+    if (backing.size() <= prefault_limit) ::madvise(backing.data(), backing.size(), MADV_POPULATE_WRITE);
+#endif
+  }
 };
 
 namespace {
@@ -117,6 +134,7 @@ struct publisher_core {
                   fmt::format("all {} publisher slots are taken", frames.publisher_slots()));
     index = static_cast<std::uint32_t>(slot);
     frames.set_liveness(&alive, options.liveness_check);
+    if (options.prefault) channel->prefault();
   }
   ~publisher_core() { frames.unregister_publisher(index); }
 
@@ -133,7 +151,8 @@ struct subscriber_core {
   std::uint32_t index = 0;
   subscriber_options options;
   ring_cursor cursor;
-  bool holding = false;  // a delivered message whose room is not yet released
+  std::uint64_t published_position = 0;  // the slot's position, as last published
+  std::uint64_t release_batch = 0;
   std::uint64_t received = 0;
   std::uint64_t missed = 0;
   own_doorbell bell;
@@ -166,7 +185,13 @@ struct subscriber_core {
       throw error(errc::would_block, "subscriber", channel->name,
                   fmt::format("all {} subscriber slots are taken", frames.subscriber_slots()));
     index = static_cast<std::uint32_t>(slot);
+    published_position = cursor.position;
+    // A quarter ring: publishers held back get room in large steps, and a
+    // subscriber that keeps reading never holds back more than that much
+    // unpublished.
+    release_batch = std::max<std::uint64_t>(frames.capacity() / 4, layout::frame_alignment);
     frames.set_subscriber_doorbell(index, bell.id);
+    if (options.prefault) channel->prefault();
   }
   ~subscriber_core() {
     frames.unpark_subscriber(index);
@@ -179,43 +204,86 @@ struct subscriber_core {
               [this](std::uint32_t i) { return frames.publisher_owner(i); });
   }
 
-  void release_held() noexcept {
-    if (!holding) return;
-    holding = false;
-    frames.publish_position(index, cursor, frames.policy() == layout::policy_block);
+  // ---- reading --------------------------------------------------------------
+  //
+  // The slot's position tells publishers what this subscriber has released.
+  // A delivered message is released by the next read; the position is
+  // published lazily, when it has moved `release_batch` bytes since it was
+  // last published or when a read finds nothing new (then everything read
+  // is released). So a busy subscriber writes its slot (a seq_cst store and
+  // a look at waiting_publishers) once per batch, not once per message,
+  // and publishers re-read it as rarely; an idle or parked one has always
+  // released all it read. Counters for tools go out with the position.
+
+  [[gnu::noinline]] void publish_released(const ring_cursor& released) noexcept {
+    published_position = released.position;
+    frames.publish_position(index, released, frames.policy() == layout::policy_block);
     frames.count_delivered(index, received, missed);
     wake_publishers();
   }
+  void release_all() noexcept {
+    if (cursor.position != published_position) publish_released(cursor);
+  }
 
   byte_message read() noexcept {
-    release_held();
-    // Under the overwrite policy a copy can be spoiled by a lapping writer;
-    // the next try then reports the lag. A few tries bound the work.
+    if (copy != nullptr) return read_copy();
+    ring::frame f;
+    std::uint64_t lost = 0;
+    const read_status st = frames.try_read(cursor, f, lost);
+    if (st != read_status::ok) [[unlikely]]
+      return nothing_read(st);
+    // Everything before this frame is released now (the previous message
+    // included); this one stays readable until the next read.
+    if (f.position - published_position >= release_batch) [[unlikely]]
+      publish_released({f.position, f.sequence});
+    ring::advance(cursor, f);
+    ++received;
+    missed += lost;
+    return {f.payload, f.sequence, lost, receive_status::ok};
+  }
+
+  [[gnu::noinline]] byte_message nothing_read(read_status st) noexcept {
+    release_all();
+    if (st == read_status::corrupt) return {{}, 0, 0, receive_status::corrupt};
+    return {};
+  }
+
+  /// read() under the overwrite policy: the payload is copied out, then
+  /// checked not to have been overwritten meanwhile (a spoiled copy is
+  /// retried; the next try then reports the lag). A few tries bound the work.
+  [[gnu::noinline]] byte_message read_copy() noexcept {
     for (int attempt = 0; attempt < 4; ++attempt) {
       ring::frame f;
       std::uint64_t lost = 0;
-      switch (frames.try_read(cursor, f, lost)) {
-        case read_status::empty:
-        case read_status::lagged:
-          return {};
-        case read_status::corrupt:
-          return {{}, 0, 0, receive_status::corrupt};
-        case read_status::ok:
-          break;
-      }
-      std::span<const std::byte> data = f.payload;
-      if (copy != nullptr) {
-        if (!data.empty()) std::memcpy(copy, data.data(), data.size());
-        if (!frames.still_valid(f)) continue;
-        data = {copy, data.size()};
-      }
+      const read_status st = frames.try_read(cursor, f, lost);
+      if (st != read_status::ok) return nothing_read(st);
+      if (!f.payload.empty()) std::memcpy(copy, f.payload.data(), f.payload.size());
+      if (!frames.still_valid(f)) continue;
+      if (f.position - published_position >= release_batch) publish_released({f.position, f.sequence});
       ring::advance(cursor, f);
-      holding = true;
       ++received;
       missed += lost;
-      return {data, f.sequence, lost, receive_status::ok};
+      return {{copy, f.payload.size()}, f.sequence, lost, receive_status::ok};
     }
     return {};
+  }
+
+  /// Spins on the commit word at the cursor for up to options.spin; true
+  /// with the result in `out` when a read found a message (or corruption).
+  bool spin_for_message(byte_message& out) noexcept {
+    if (options.spin.count() <= 0) return false;
+    const auto until = std::chrono::steady_clock::now() + options.spin;
+    for (;;) {
+      // One load per turn; a full read when the frame is committed, and
+      // every 64 turns (a lapped reader's position never reads committed).
+      for (int i = 0; i < 64; ++i) {
+        if (frames.committed_at(cursor.position)) break;
+        cpu_relax();
+      }
+      out = read();
+      if (out.status != receive_status::empty) return true;
+      if (std::chrono::steady_clock::now() >= until) return false;
+    }
   }
 
   /// Called after a bounded sleep found nothing: if the cursor is stuck
@@ -450,6 +518,7 @@ byte_subscriber& byte_subscriber::operator=(byte_subscriber&&) noexcept = defaul
 byte_subscriber::~byte_subscriber() = default;
 
 byte_message byte_subscriber::try_next() noexcept { return m_core->read(); }
+bool byte_subscriber::spin_for_message(byte_message& out) noexcept { return m_core->spin_for_message(out); }
 std::uint64_t byte_subscriber::received() const noexcept { return m_core->received; }
 std::uint64_t byte_subscriber::missed() const noexcept { return m_core->missed; }
 std::uint32_t byte_subscriber::max_message() const noexcept { return m_core->frames.max_message(); }
@@ -460,16 +529,6 @@ detail::frame_cache& byte_subscriber::frames() noexcept { return m_core->corouti
 task<void> byte_subscriber::next_when_available(detail::frame_cache&, byte_subscriber& self, byte_message& out) {
   detail::subscriber_core& core = *self.m_core;
   scheduler& s = detail::current_scheduler("next", core.channel->name);
-  if (core.options.spin.count() > 0) {
-    const auto until = std::chrono::steady_clock::now() + core.options.spin;
-    do {
-      for (int i = 0; i < 64; ++i) {
-        out = core.read();
-        if (out.status != receive_status::empty) co_return;
-        detail::cpu_relax();
-      }
-    } while (std::chrono::steady_clock::now() < until);
-  }
   for (;;) {
     core.frames.park_subscriber(core.index);
     out = core.read();

@@ -31,12 +31,6 @@ std::atomic_ref<T> shared(T& word) noexcept {
   return std::atomic_ref<T>(word);
 }
 
-/// One 16-byte compare-and-swap of the claim word {position, sequence}.
-bool cas_claim_word(layout::channel_header& h, std::uint64_t& position, std::uint64_t& sequence,
-                    std::uint64_t new_position, std::uint64_t new_sequence) noexcept {
-  return cas128(&h.tail_position, position, sequence, new_position, new_sequence);
-}
-
 [[noreturn]] void corrupt(std::string_view object, std::string_view what) {
   throw error(errc::region_corrupt, "open channel", object, what);
 }
@@ -188,14 +182,6 @@ ring ring::attach(std::span<std::byte> region, std::string_view object, const ty
   return r;
 }
 
-std::uint64_t ring::tail_position() const noexcept {
-  return shared(m_header->tail_position).load(std::memory_order_acquire);
-}
-
-std::uint64_t ring::tail_sequence() const noexcept {
-  return shared(m_header->tail_sequence).load(std::memory_order_acquire);
-}
-
 std::uint64_t ring::slowest_subscriber() noexcept {
   const std::uint64_t active = shared(m_header->active_subscribers).load(std::memory_order_acquire);
   std::uint64_t slowest = tail_position();
@@ -260,16 +246,6 @@ void finish_reclaim(Slot& slot, std::uint64_t word) noexcept {
   slot_word(slot).store(make_word(layout::slot_free, generation_of(word)), std::memory_order_release);
 }
 
-/// Orders the plain reads of a frame before the re-checks that validate
-/// them (the seqlock pattern). ThreadSanitizer does not model fences (g++
-/// refuses them under it); there it is left out, which on x86-64 changes
-/// nothing: loads are not reordered with other loads.
-inline void fence_before_recheck() noexcept {
-#ifndef SHMBUS_TSAN
-  std::atomic_thread_fence(std::memory_order_acquire);
-#endif
-}
-
 std::uint64_t monotonic_ns() noexcept {
   timespec ts{};
   ::clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
@@ -308,6 +284,20 @@ std::uint32_t ring::reclaim_dead_publishers(liveness_check alive) noexcept {
     ++reclaimed;
   }
   return reclaimed;
+}
+
+bool ring::refresh_room(std::uint64_t end) noexcept {
+  for (;;) {
+    m_limit_cache = slowest_subscriber() + m_capacity;
+    if (end <= m_limit_cache) return true;
+    // Held back: if that is a dead subscriber's doing, free its slot (at
+    // most every m_liveness_interval_ns: it costs system calls).
+    if (m_alive == nullptr) return false;
+    const std::uint64_t now = monotonic_ns();
+    if (now - m_last_liveness_check_ns < m_liveness_interval_ns) return false;
+    m_last_liveness_check_ns = now;
+    if (reclaim_dead_subscribers(m_alive) == 0) return false;
+  }
 }
 
 ring::repair_status ring::try_repair(std::uint64_t position, liveness_check alive) noexcept {
@@ -418,199 +408,18 @@ void ring::unregister_subscriber(std::uint32_t index) noexcept {
              std::memory_order_release);
 }
 
-void ring::publish_position(std::uint32_t index, const ring_cursor& cursor, bool then_check_waiters) noexcept {
-  layout::subscriber_slot& slot = m_subscribers[index];
-  shared(slot.sequence).store(cursor.sequence, std::memory_order_relaxed);
-  // release: publishers that acquire the position may reuse the bytes before it.
-  shared(slot.position)
-      .store(cursor.position, then_check_waiters ? std::memory_order_seq_cst : std::memory_order_release);
-}
-
-void ring::write_frame_header(std::uint64_t position, std::uint32_t length, std::uint16_t type,
-                              std::uint64_t sequence, std::uint32_t publisher_index) noexcept {
-  // Relaxed atomics: under the overwrite policy a lapped reader may read
-  // these while we write them (and then discards what it read).
-  layout::frame_header& f = frame_at(position);
-  shared(f.length).store(length, std::memory_order_relaxed);
-  shared(f.type).store(type, std::memory_order_relaxed);
-  shared(f.publisher).store(static_cast<std::uint16_t>(publisher_index), std::memory_order_relaxed);
-  shared(f.sequence).store(sequence, std::memory_order_relaxed);
-}
-
-void ring::store_commit(std::uint64_t position, std::memory_order order) noexcept {
-  // release (at least): the header fields and payload written before are
-  // visible to a reader that acquires this value.
-  shared(frame_at(position).commit).store(position ^ m_salt, order);
-}
-std::uint64_t ring::load_commit(std::uint64_t position) const noexcept {
-  // seq_cst, for the parking handshake (see park_subscriber); on x86-64 it
-  // is the same plain load as acquire.
-  return shared(frame_at(position).commit).load(std::memory_order_seq_cst);
-}
-
-namespace {
-
-std::uint64_t take_bits(std::uint64_t& word) noexcept {
-  auto w = shared(word);
-  const std::uint64_t bits = w.load(std::memory_order_seq_cst);
-  if (bits == 0) return 0;
-  return w.fetch_and(~bits, std::memory_order_acq_rel) & bits;
-}
-
-}  // namespace
-
 void ring::park_subscriber(std::uint32_t index) noexcept {
   shared(m_header->parked_subscribers).fetch_or(std::uint64_t{1} << index, std::memory_order_seq_cst);
 }
 void ring::unpark_subscriber(std::uint32_t index) noexcept {
   shared(m_header->parked_subscribers).fetch_and(~(std::uint64_t{1} << index), std::memory_order_relaxed);
 }
-std::uint64_t ring::take_parked_subscribers() noexcept { return take_bits(m_header->parked_subscribers); }
 void ring::park_publisher(std::uint32_t index) noexcept {
   shared(m_header->waiting_publishers).fetch_or(std::uint64_t{1} << index, std::memory_order_seq_cst);
 }
 void ring::unpark_publisher(std::uint32_t index) noexcept {
   shared(m_header->waiting_publishers).fetch_and(~(std::uint64_t{1} << index), std::memory_order_relaxed);
 }
-std::uint64_t ring::take_waiting_publishers() noexcept { return take_bits(m_header->waiting_publishers); }
-
-claim_status ring::try_claim(std::uint32_t length, std::uint32_t publisher_index, claim& out) noexcept {
-  if (length > m_max_message) return claim_status::too_large;
-  const std::uint64_t frame_bytes = layout::frame_size(length);
-  layout::publisher_slot& me = m_publishers[publisher_index];
-  std::uint64_t position = shared(m_header->tail_position).load(std::memory_order_acquire);
-  std::uint64_t sequence = shared(m_header->tail_sequence).load(std::memory_order_acquire);
-  for (;;) {
-    const std::uint64_t room = m_capacity - (position & m_mask);
-    const std::uint64_t need = frame_bytes <= room ? frame_bytes : room + frame_bytes;
-    if (m_policy == layout::policy_block) {
-      // A subscriber joining (or leaving) changes the mask: recompute then;
-      // otherwise only when the cached limit is in the way.
-      const std::uint64_t active = shared(m_header->active_subscribers).load(std::memory_order_acquire);
-      if (active != m_active_cache || position + need > m_limit_cache) {
-        m_limit_cache = slowest_subscriber() + m_capacity;
-        if (position + need > m_limit_cache) {
-          // Held back: if that is a dead subscriber's doing, free its slot
-          // (at most every m_liveness_interval_ns: it costs system calls).
-          if (m_alive == nullptr) return claim_status::would_block;
-          const std::uint64_t now = monotonic_ns();
-          if (now - m_last_liveness_check_ns < m_liveness_interval_ns) return claim_status::would_block;
-          m_last_liveness_check_ns = now;
-          if (reclaim_dead_subscribers(m_alive) == 0) return claim_status::would_block;
-          continue;
-        }
-      }
-    }
-    // The intent lets a repairer find the length of a claim whose writer
-    // died before writing a header. Ordered before the claim by the CAS.
-    shared(me.intent_length).store(need, std::memory_order_relaxed);
-    shared(me.intent_sequence).store(sequence, std::memory_order_relaxed);
-    shared(me.intent_position).store(position, std::memory_order_relaxed);
-    if (cas_claim_word(*m_header, position, sequence, position + need, sequence + 1)) break;
-  }
-  const std::uint64_t room = m_capacity - (position & m_mask);
-  out.claim_position = position;
-  out.frame_position = frame_bytes <= room ? position : position + room;
-  out.sequence = sequence;
-  out.length = length;
-  out.payload = m_ring + (out.frame_position & m_mask) + layout::frame_header_size;
-  return claim_status::ok;
-}
-
-void ring::commit(const claim& c, std::uint32_t publisher_index) noexcept {
-  commit_as(c, publisher_index, layout::frame_data);
-}
-
-void ring::abandon(const claim& c, std::uint32_t publisher_index) noexcept {
-  commit_as(c, publisher_index, layout::frame_aborted);
-}
-
-void ring::commit_as(const claim& c, std::uint32_t publisher_index, std::uint16_t type) noexcept {
-  if (c.frame_position != c.claim_position) {
-    const std::uint64_t padding = c.frame_position - c.claim_position;
-    write_frame_header(c.claim_position, static_cast<std::uint32_t>(padding - layout::frame_header_size),
-                       layout::frame_padding, c.sequence, publisher_index);
-    store_commit(c.claim_position);
-  }
-  write_frame_header(c.frame_position, c.length, type, c.sequence, publisher_index);
-  store_commit(c.frame_position, std::memory_order_seq_cst);
-  layout::publisher_slot& me = m_publishers[publisher_index];
-  shared(me.intent_position).store(~std::uint64_t{0}, std::memory_order_release);
-  // Only the slot's owner writes its counter: no read-modify-write needed.
-  if (type == layout::frame_data) {
-    auto published = shared(me.published);
-    published.store(published.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
-  }
-}
-
-read_status ring::try_read(ring_cursor& cursor, frame& out, std::uint64_t& missed) const noexcept {
-  missed = 0;
-  // Each turn consumes a padding frame or resynchronises after a lap; a
-  // well-formed ring needs at most a few. The bound keeps a hostile writer
-  // from holding a reader here forever.
-  for (int turn = 0; turn < 8; ++turn) {
-    const std::uint64_t p = cursor.position;
-    if ((p & (layout::frame_alignment - 1)) != 0) return read_status::corrupt;
-    const std::uint64_t commit = load_commit(p);
-    if (commit != (p ^ m_salt)) {
-      // A registered reader under the block policy cannot have been lapped:
-      // not committed means nothing new (or a claim in progress).
-      if (m_unlappable_reader) return read_status::empty;
-      const std::uint64_t tail = tail_position();
-      if (p >= tail) return read_status::empty;
-      if (tail - p <= m_capacity) return read_status::empty;  // claimed, not yet committed
-      // Overwritten: resume at the oldest lap boundary still in the ring;
-      // frames never straddle one. cursor.sequence still says what we
-      // expected, so the next delivered frame reports what was missed.
-      cursor.position = ((tail - m_capacity) + m_mask) & ~m_mask;
-      continue;
-    }
-    layout::frame_header& f = frame_at(p);
-    const std::uint32_t length = shared(f.length).load(std::memory_order_relaxed);
-    const std::uint16_t type = shared(f.type).load(std::memory_order_relaxed);
-    const std::uint64_t sequence = shared(f.sequence).load(std::memory_order_relaxed);
-    const std::uint64_t offset = p & m_mask;
-    const std::uint64_t size = layout::frame_size(length);
-    // Under the overwrite policy these fields may already belong to a newer
-    // lap: a writer that has claimed but not yet committed over them leaves
-    // the old commit word in place, so check the tail too (still_valid).
-    if (!m_unlappable_reader && !unchanged_since(p, commit)) continue;
-    if (type == layout::frame_padding) {
-      if (offset + layout::frame_header_size + length != m_capacity) return read_status::corrupt;
-      cursor.position = p + (m_capacity - offset);
-      continue;
-    }
-    if (type == layout::frame_aborted) {
-      // A dead publisher's claim: its sequence number was taken, nothing
-      // was published. Skip it without counting it as missed.
-      if (offset + size > m_capacity) return read_status::corrupt;
-      cursor.position = p + size;
-      if (cursor.sequence == unknown_sequence || sequence >= cursor.sequence) cursor.sequence = sequence + 1;
-      continue;
-    }
-    if (type != layout::frame_data || length > m_max_message || offset + size > m_capacity)
-      return read_status::corrupt;
-    out.payload = {m_ring + offset + layout::frame_header_size, length};
-    out.position = p;
-    out.sequence = sequence;
-    out.next_position = p + size;
-    if (cursor.sequence != unknown_sequence && sequence > cursor.sequence) missed = sequence - cursor.sequence;
-    return read_status::ok;
-  }
-  return read_status::empty;
-}
-
-bool ring::unchanged_since(std::uint64_t position, std::uint64_t commit) const noexcept {
-  // Seqlock-style: the reads before this point must not drift after the
-  // checks below.
-  fence_before_recheck();
-  if (load_commit(position) != commit) return false;
-  // No claim has reached the bytes of this frame on the next lap: any claim
-  // covering them ends past position + capacity.
-  return tail_position() <= position + m_capacity;
-}
-
-bool ring::still_valid(const frame& f) const noexcept { return unchanged_since(f.position, f.position ^ m_salt); }
 
 ring_cursor ring::newest() const noexcept {
   // The two halves are read separately; position only grows, so reading it
@@ -653,11 +462,6 @@ void ring::set_subscriber_doorbell(std::uint32_t index, std::uint64_t id) noexce
 }
 void ring::set_publisher_doorbell(std::uint32_t index, std::uint64_t id) noexcept {
   shared(m_publishers[index].doorbell_id).store(id, std::memory_order_release);
-}
-
-void ring::count_delivered(std::uint32_t index, std::uint64_t received, std::uint64_t missed) noexcept {
-  shared(m_subscribers[index].received).store(received, std::memory_order_relaxed);
-  shared(m_subscribers[index].missed).store(missed, std::memory_order_relaxed);
 }
 
 }  // namespace shmbus::detail

@@ -34,6 +34,9 @@
 // to address memory; geometry is copied into this object once, at attach.
 #pragma once
 
+#include "core/cas128.hpp"
+#include "core/sanitizers.hpp"
+
 #include <shmbus/detail/claim_ticket.hpp>
 #include <shmbus/detail/ring_layout.hpp>
 
@@ -222,6 +225,11 @@ class ring {
     std::uint64_t next_position = 0;
   };
 
+  /// True if the frame at `position` is committed for this lap: one load,
+  /// for spinning. A reader that may be lapped must also call try_read now
+  /// and then (a lapped position never reads as committed).
+  bool committed_at(std::uint64_t position) const noexcept { return load_commit(position) == (position ^ m_salt); }
+
   /// The current claim word (acquire).
   std::uint64_t tail_position() const noexcept;
   std::uint64_t tail_sequence() const noexcept;
@@ -257,6 +265,11 @@ class ring {
   void commit_as(const claim& c, std::uint32_t publisher_index, std::uint16_t type) noexcept;
   bool unchanged_since(std::uint64_t position, std::uint64_t commit) const noexcept;
   std::uint64_t load_commit(std::uint64_t position) const noexcept;
+  /// Block policy: true if a claim ending at `end` keeps within a ring of
+  /// the slowest subscriber (the cached limit first).
+  bool room_for(std::uint64_t end) noexcept;
+  /// room_for's slow side: rescans the subscribers, reclaims dead ones.
+  bool refresh_room(std::uint64_t end) noexcept;
 
   layout::channel_header* m_header = nullptr;
   layout::publisher_slot* m_publishers = nullptr;
@@ -281,5 +294,219 @@ class ring {
   std::uint64_t m_liveness_interval_ns = 0;
   std::uint64_t m_last_liveness_check_ns = 0;
 };
+
+// ---- per-message paths, inline: every publish and read runs them -------------
+
+namespace ring_detail {
+
+template <class T>
+std::atomic_ref<T> word(T& w) noexcept {
+  return std::atomic_ref<T>(w);
+}
+
+/// Orders the plain reads of a frame before the re-checks that validate
+/// them (the seqlock pattern). ThreadSanitizer does not model fences (g++
+/// refuses them under it); there it is left out, which on x86-64 changes
+/// nothing: loads are not reordered with other loads.
+inline void fence_before_recheck() noexcept {
+#ifndef SHMBUS_TSAN
+  std::atomic_thread_fence(std::memory_order_acquire);
+#endif
+}
+
+/// Clears and returns the bits set in `w`: one load and no write when none.
+inline std::uint64_t take_bits(std::uint64_t& w) noexcept {
+  auto a = word(w);
+  const std::uint64_t bits = a.load(std::memory_order_seq_cst);
+  if (bits == 0) return 0;
+  return a.fetch_and(~bits, std::memory_order_acq_rel) & bits;
+}
+
+}  // namespace ring_detail
+
+inline std::uint64_t ring::tail_position() const noexcept {
+  return ring_detail::word(m_header->tail_position).load(std::memory_order_acquire);
+}
+
+inline std::uint64_t ring::tail_sequence() const noexcept {
+  return ring_detail::word(m_header->tail_sequence).load(std::memory_order_acquire);
+}
+
+inline void ring::publish_position(std::uint32_t index, const ring_cursor& cursor, bool then_check_waiters) noexcept {
+  layout::subscriber_slot& slot = m_subscribers[index];
+  ring_detail::word(slot.sequence).store(cursor.sequence, std::memory_order_relaxed);
+  // release: publishers that acquire the position may reuse the bytes before it.
+  ring_detail::word(slot.position)
+      .store(cursor.position, then_check_waiters ? std::memory_order_seq_cst : std::memory_order_release);
+}
+
+inline void ring::count_delivered(std::uint32_t index, std::uint64_t received, std::uint64_t missed) noexcept {
+  ring_detail::word(m_subscribers[index].received).store(received, std::memory_order_relaxed);
+  ring_detail::word(m_subscribers[index].missed).store(missed, std::memory_order_relaxed);
+}
+
+inline std::uint64_t ring::take_parked_subscribers() noexcept {
+  return ring_detail::take_bits(m_header->parked_subscribers);
+}
+inline std::uint64_t ring::take_waiting_publishers() noexcept {
+  return ring_detail::take_bits(m_header->waiting_publishers);
+}
+
+inline void ring::write_frame_header(std::uint64_t position, std::uint32_t length, std::uint16_t type,
+                                     std::uint64_t sequence, std::uint32_t publisher_index) noexcept {
+  // Relaxed atomics: under the overwrite policy a lapped reader may read
+  // these while we write them (and then discards what it read).
+  layout::frame_header& f = frame_at(position);
+  ring_detail::word(f.length).store(length, std::memory_order_relaxed);
+  ring_detail::word(f.type).store(type, std::memory_order_relaxed);
+  ring_detail::word(f.publisher).store(static_cast<std::uint16_t>(publisher_index), std::memory_order_relaxed);
+  ring_detail::word(f.sequence).store(sequence, std::memory_order_relaxed);
+}
+
+inline void ring::store_commit(std::uint64_t position, std::memory_order order) noexcept {
+  // release (at least): the header fields and payload written before are
+  // visible to a reader that acquires this value.
+  ring_detail::word(frame_at(position).commit).store(position ^ m_salt, order);
+}
+
+inline std::uint64_t ring::load_commit(std::uint64_t position) const noexcept {
+  // seq_cst, for the parking handshake (see park_subscriber); on x86-64 it
+  // is the same plain load as acquire.
+  return ring_detail::word(frame_at(position).commit).load(std::memory_order_seq_cst);
+}
+
+inline bool ring::room_for(std::uint64_t end) noexcept {
+  // A subscriber joining (or leaving) changes the mask: rescan then;
+  // otherwise only when the cached limit is in the way.
+  const std::uint64_t active = ring_detail::word(m_header->active_subscribers).load(std::memory_order_acquire);
+  if (active == m_active_cache && end <= m_limit_cache) return true;
+  return refresh_room(end);
+}
+
+inline claim_status ring::try_claim(std::uint32_t length, std::uint32_t publisher_index, claim& out) noexcept {
+  if (length > m_max_message) return claim_status::too_large;
+  const std::uint64_t frame_bytes = layout::frame_size(length);
+  layout::publisher_slot& me = m_publishers[publisher_index];
+  std::uint64_t position = ring_detail::word(m_header->tail_position).load(std::memory_order_acquire);
+  std::uint64_t sequence = ring_detail::word(m_header->tail_sequence).load(std::memory_order_acquire);
+  std::uint64_t room;
+  for (;;) {
+    room = m_capacity - (position & m_mask);
+    const std::uint64_t need = frame_bytes <= room ? frame_bytes : room + frame_bytes;
+    if (m_policy == layout::policy_block && !room_for(position + need)) return claim_status::would_block;
+    // The intent lets a repairer find the length of a claim whose writer
+    // died before writing a header. Ordered before the claim by the CAS.
+    ring_detail::word(me.intent_length).store(need, std::memory_order_relaxed);
+    ring_detail::word(me.intent_sequence).store(sequence, std::memory_order_relaxed);
+    ring_detail::word(me.intent_position).store(position, std::memory_order_relaxed);
+    if (cas128(&m_header->tail_position, position, sequence, position + need, sequence + 1)) break;
+  }
+  out.claim_position = position;
+  out.frame_position = frame_bytes <= room ? position : position + room;
+  out.sequence = sequence;
+  out.length = length;
+  out.payload = m_ring + (out.frame_position & m_mask) + layout::frame_header_size;
+  return claim_status::ok;
+}
+
+inline void ring::commit_as(const claim& c, std::uint32_t publisher_index, std::uint16_t type) noexcept {
+  if (c.frame_position != c.claim_position) [[unlikely]] {
+    const std::uint64_t padding = c.frame_position - c.claim_position;
+    write_frame_header(c.claim_position, static_cast<std::uint32_t>(padding - layout::frame_header_size),
+                       layout::frame_padding, c.sequence, publisher_index);
+    store_commit(c.claim_position);
+  }
+  write_frame_header(c.frame_position, c.length, type, c.sequence, publisher_index);
+  store_commit(c.frame_position, std::memory_order_seq_cst);
+  layout::publisher_slot& me = m_publishers[publisher_index];
+  ring_detail::word(me.intent_position).store(~std::uint64_t{0}, std::memory_order_release);
+  // Only the slot's owner writes its counter: no read-modify-write needed.
+  if (type == layout::frame_data) {
+    auto published = ring_detail::word(me.published);
+    published.store(published.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  }
+}
+
+inline void ring::commit(const claim& c, std::uint32_t publisher_index) noexcept {
+  commit_as(c, publisher_index, layout::frame_data);
+}
+
+inline void ring::abandon(const claim& c, std::uint32_t publisher_index) noexcept {
+  commit_as(c, publisher_index, layout::frame_aborted);
+}
+
+inline bool ring::unchanged_since(std::uint64_t position, std::uint64_t commit) const noexcept {
+  // Seqlock-style: the reads before this point must not drift after the
+  // checks below.
+  ring_detail::fence_before_recheck();
+  if (load_commit(position) != commit) return false;
+  // No claim has reached the bytes of this frame on the next lap: any claim
+  // covering them ends past position + capacity.
+  return tail_position() <= position + m_capacity;
+}
+
+inline bool ring::still_valid(const frame& f) const noexcept {
+  return unchanged_since(f.position, f.position ^ m_salt);
+}
+
+inline read_status ring::try_read(ring_cursor& cursor, frame& out, std::uint64_t& missed) const noexcept {
+  constexpr std::uint64_t unknown_sequence = ~std::uint64_t{0};
+  missed = 0;
+  // Each turn consumes a padding frame or resynchronises after a lap; a
+  // well-formed ring needs at most a few. The bound keeps a hostile writer
+  // from holding a reader here forever.
+  for (int turn = 0; turn < 8; ++turn) {
+    const std::uint64_t p = cursor.position;
+    if ((p & (layout::frame_alignment - 1)) != 0) [[unlikely]]
+      return read_status::corrupt;
+    const std::uint64_t commit = load_commit(p);
+    if (commit != (p ^ m_salt)) {
+      // A registered reader under the block policy cannot have been lapped:
+      // not committed means nothing new (or a claim in progress).
+      if (m_unlappable_reader) return read_status::empty;
+      const std::uint64_t tail = tail_position();
+      if (p >= tail) return read_status::empty;
+      if (tail - p <= m_capacity) return read_status::empty;  // claimed, not yet committed
+      // Overwritten: resume at the oldest lap boundary still in the ring;
+      // frames never straddle one. cursor.sequence still says what we
+      // expected, so the next delivered frame reports what was missed.
+      cursor.position = ((tail - m_capacity) + m_mask) & ~m_mask;
+      continue;
+    }
+    layout::frame_header& f = frame_at(p);
+    const std::uint32_t length = ring_detail::word(f.length).load(std::memory_order_relaxed);
+    const std::uint16_t type = ring_detail::word(f.type).load(std::memory_order_relaxed);
+    const std::uint64_t sequence = ring_detail::word(f.sequence).load(std::memory_order_relaxed);
+    const std::uint64_t offset = p & m_mask;
+    const std::uint64_t size = layout::frame_size(length);
+    // Under the overwrite policy these fields may already belong to a newer
+    // lap: a writer that has claimed but not yet committed over them leaves
+    // the old commit word in place, so check the tail too (still_valid).
+    if (!m_unlappable_reader && !unchanged_since(p, commit)) continue;
+    if (type == layout::frame_data && length <= m_max_message && offset + size <= m_capacity) [[likely]] {
+      out.payload = {m_ring + offset + layout::frame_header_size, length};
+      out.position = p;
+      out.sequence = sequence;
+      out.next_position = p + size;
+      if (cursor.sequence != unknown_sequence && sequence > cursor.sequence) missed = sequence - cursor.sequence;
+      return read_status::ok;
+    }
+    if (type == layout::frame_padding) {
+      if (offset + layout::frame_header_size + length != m_capacity) return read_status::corrupt;
+      cursor.position = p + (m_capacity - offset);
+      continue;
+    }
+    if (type == layout::frame_aborted) {
+      // A dead publisher's claim, or a loan given up: its sequence number
+      // was taken, nothing was published. Skip it, not counted as missed.
+      if (offset + size > m_capacity) return read_status::corrupt;
+      cursor.position = p + size;
+      if (cursor.sequence == unknown_sequence || sequence >= cursor.sequence) cursor.sequence = sequence + 1;
+      continue;
+    }
+    return read_status::corrupt;
+  }
+  return read_status::empty;
+}
 
 }  // namespace shmbus::detail

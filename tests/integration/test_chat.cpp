@@ -115,11 +115,16 @@ TEST_CASE("a member killed with SIGKILL is noticed as gone", "[chat][processes]"
   room r;
   helper_process alice(r.member("alice", r.script("alice", {"@wait-members 2", "@wait-gone mallory", "bye"})));
   helper_process mallory(r.member("mallory", r.script("mallory", {"@wait-members 2", "@wait-lines 1000000"})));
-  // Once mallory has seen alice, both are present; then kill it.
-  for (std::string l = mallory.read_line(); l.find("alice") == std::string::npos; l = mallory.read_line())
+  // Kill mallory once alice knows it is there (alice prints its join or
+  // its "here"). Waiting on mallory's side would not do: mallory may see
+  // alice join and be killed before its answer reaches alice.
+  std::vector<std::string> t;
+  for (std::string l = alice.read_line(); l.find("mallory") == std::string::npos; l = alice.read_line()) {
     REQUIRE_FALSE(l.empty());
+    t.push_back(l);
+  }
   mallory.kill(SIGKILL);
-  const auto t = read_all(alice);
+  for (auto& l : read_all(alice)) t.push_back(std::move(l));
   CHECK(alice.wait() == 0);
   bool gone = false;
   for (const auto& l : t) gone = gone || l.find("* mallory is gone") != std::string::npos;
