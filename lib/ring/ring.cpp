@@ -366,6 +366,8 @@ ring::repair_status ring::try_repair(std::uint64_t position, liveness_check aliv
 int ring::register_publisher(std::int32_t pid, std::uint64_t start_time) noexcept {
   for (std::uint32_t i = 0; i < m_publisher_slots; ++i) {
     if (take_slot(m_publishers[i], pid, start_time)) {
+      // The counters are this incarnation's, not a previous owner's.
+      shared(m_publishers[i].published).store(0, std::memory_order_relaxed);
       shared(m_publishers[i].intent_position).store(~std::uint64_t{0}, std::memory_order_release);
       return static_cast<int>(i);
     }
@@ -384,6 +386,7 @@ int ring::register_subscriber(std::int32_t pid, std::uint64_t start_time, bool f
   for (std::uint32_t i = 0; i < m_subscriber_slots; ++i) {
     layout::subscriber_slot& slot = m_subscribers[i];
     if (!take_slot(slot, pid, start_time)) continue;
+    count_delivered(i, 0, 0);  // this incarnation's counters, not a previous owner's
     cursor = from_oldest ? oldest() : newest();
     publish_position(i, cursor);
     // seq_cst: either a publisher's next claim sees this bit and respects

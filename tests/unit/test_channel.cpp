@@ -7,6 +7,8 @@
 #include <shmbus/scheduler.hpp>
 #include <shmbus/when_all.hpp>
 
+#include "ring/ring.hpp"
+
 #include <catch2/catch.hpp>
 #include <fmt/format.h>
 #include <range/v3/algorithm/for_each.hpp>
@@ -218,6 +220,50 @@ TEST_CASE("block policy: a publisher waits for the slowest subscriber, nothing i
   CHECK(b == total);
   CHECK(fast.missed() == 0);
   CHECK(slow.missed() == 0);
+}
+
+TEST_CASE("a subscriber publishes its position a quarter ring at a time, and all of it when idle", "[channel]") {
+  shmbus::channel_options o;
+  o.capacity = 4096;  // 8-byte messages take 64-byte frames: a quarter ring is 16 of them
+  o.max_message = 64;
+  auto ch = byte_channel("steps", o);
+  const auto frames = shmbus::detail::ring::attach(ch.backing().bytes(), "steps", nullptr);
+  shmbus::byte_publisher pub(ch);
+  auto sub = std::make_unique<shmbus::byte_subscriber>(ch, shmbus::subscriber_options{.spin = 0ns});
+  auto& slot = frames.subscriber(sub->slot());
+  const std::array<std::byte, 8> msg{};
+  for (int i = 0; i < 40; ++i) REQUIRE(pub.try_publish(msg) == shmbus::publish_status::ok);
+
+  for (int i = 0; i < 10; ++i) REQUIRE(sub->try_next());
+  CHECK(slot.position == 0);  // 10 frames read: under a quarter, nothing published yet
+  for (int i = 10; i < 20; ++i) REQUIRE(sub->try_next());
+  CHECK(slot.position == 16 * 64);  // released up to the frame that crossed the quarter
+  CHECK(slot.received == 16);
+  for (int i = 20; i < 40; ++i) REQUIRE(sub->try_next());
+  CHECK(slot.position == 32 * 64);
+  CHECK_FALSE(sub->try_next());  // nothing new: everything read is released
+  CHECK(slot.position == 40 * 64);
+  CHECK(slot.received == 40);
+  CHECK(frames.publisher(pub.slot()).published == 40);
+
+  // A full ring read to its end: three quarters published on the way, the
+  // last one by the read that finds nothing.
+  std::uint64_t more = 0;
+  while (pub.try_publish(msg) == shmbus::publish_status::ok) ++more;
+  CHECK(more == 4096 / 64);  // exactly a ring: the published position is all that counts
+  for (std::uint64_t i = 0; i < more; ++i) REQUIRE(sub->try_next());
+  CHECK(slot.position == (40 + 48) * 64);
+  CHECK_FALSE(sub->try_next());
+  CHECK(slot.position == (40 + 64) * 64);
+  CHECK(slot.received == 104);
+
+  // A slot taken again starts with its own counters.
+  const std::uint32_t index = sub->slot();
+  sub.reset();
+  shmbus::byte_subscriber again(ch);
+  REQUIRE(again.slot() == index);
+  CHECK(slot.received == 0);
+  CHECK(slot.missed == 0);
 }
 
 TEST_CASE("overwrite policy: a slow subscriber learns exactly how many it missed", "[channel]") {
