@@ -377,7 +377,8 @@ class byte_subscriber;
 namespace detail {
 
 /// Awaitable of next(): reads at once if a message is there, otherwise
-/// spins, parks and sleeps in a recycled coroutine frame.
+/// spins in await_suspend (no frame yet), then parks and sleeps in a
+/// recycled coroutine frame.
 class next_awaitable {
  public:
   explicit next_awaitable(byte_subscriber& s) noexcept : m_subscriber(&s) {}
