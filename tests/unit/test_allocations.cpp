@@ -16,6 +16,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <new>
+#include <stdexcept>
 
 namespace {
 std::atomic<std::size_t> allocations{0};
@@ -107,7 +108,9 @@ TEST_CASE("channel messages cost no allocation: ready, spinning or parked", "[al
   auto consume = [&](shmbus::subscriber<std::uint64_t>& sub, std::uint64_t n, int every) -> task<std::uint64_t> {
     std::uint64_t sum = 0;
     for (std::uint64_t i = 0; i < n; ++i) {
-      sum += *co_await sub.next();
+      const auto v = co_await sub.next();
+      if (!v) throw std::runtime_error("next() resumed without a message");
+      sum += *v;
       if (every > 1 && i % every == 0)
         for (int k = 0; k < every; ++k) co_await s.schedule();
     }
