@@ -359,7 +359,7 @@ TEST_CASE("a fetched doorbell wakes the owner's task in another process", "[door
     const auto [code, message] = error_of([&] { (void)fetch_doorbell(helper.identity(), 43); });
     CHECK(code == doorbell_errc::unknown_id);
     CHECK(code == std::errc::no_such_file_or_directory);
-    CHECK(contains(message, "@" + helper.name()));
+    CHECK(contains(message, shmbus::detail::printable(helper.name())));
     CHECK(contains(message, "doorbell 43 of pid " + std::to_string(helper.pid())));
     fetch_doorbell(helper.identity(), 42).signal(8);
     CHECK(helper.next_wakeup() == 8);
@@ -635,7 +635,7 @@ TEST_CASE("a squatter on the owner's socket name is detected", "[doorbell][proce
     const auto [code, message] = error_of([&] { (void)fetch_doorbell(me, 1); });
     CHECK(code == doorbell_errc::wrong_server);
     CHECK(contains(message, "held by pid " + std::to_string(squatter)));
-    CHECK(contains(message, "@" + shmbus::detail::doorbell_socket_name(me)));
+    CHECK(contains(message, shmbus::detail::printable(shmbus::detail::doorbell_socket_name(me))));
     hold.write_end.reset();
     CHECK(reap(squatter) == 0);
   }
