@@ -106,56 +106,8 @@
 #include <utility>
 #include <vector>
 
-// ---- counting allocator ----------------------------------------------------------
-
-namespace {
-
-std::atomic<std::uint64_t> g_allocations{0};
-
-void* counted_malloc(std::size_t n) noexcept {
-  g_allocations.fetch_add(1, std::memory_order_relaxed);
-  return std::malloc(n == 0 ? 1 : n);
-}
-void* counted_or_throw(std::size_t n) {
-  if (void* p = counted_malloc(n)) return p;
-  throw std::bad_alloc();
-}
-void* counted_aligned(std::size_t n, std::align_val_t al) noexcept {
-  g_allocations.fetch_add(1, std::memory_order_relaxed);
-  const auto a = static_cast<std::size_t>(al);
-  const std::size_t rounded = n == 0 ? a : (n + a - 1) / a * a;
-  return std::aligned_alloc(a, rounded);
-}
-void* counted_aligned_or_throw(std::size_t n, std::align_val_t al) {
-  if (void* p = counted_aligned(n, al)) return p;
-  throw std::bad_alloc();
-}
-
-}  // namespace
-
-// Every replaceable form, so that new and delete always pair.
-void* operator new(std::size_t n) { return counted_or_throw(n); }
-void* operator new[](std::size_t n) { return counted_or_throw(n); }
-void* operator new(std::size_t n, const std::nothrow_t&) noexcept { return counted_malloc(n); }
-void* operator new[](std::size_t n, const std::nothrow_t&) noexcept { return counted_malloc(n); }
-void* operator new(std::size_t n, std::align_val_t a) { return counted_aligned_or_throw(n, a); }
-void* operator new[](std::size_t n, std::align_val_t a) { return counted_aligned_or_throw(n, a); }
-void* operator new(std::size_t n, std::align_val_t a, const std::nothrow_t&) noexcept { return counted_aligned(n, a); }
-void* operator new[](std::size_t n, std::align_val_t a, const std::nothrow_t&) noexcept {
-  return counted_aligned(n, a);
-}
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete[](void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
-void operator delete(void* p, const std::nothrow_t&) noexcept { std::free(p); }
-void operator delete[](void* p, const std::nothrow_t&) noexcept { std::free(p); }
-void operator delete(void* p, std::align_val_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::align_val_t) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
-void operator delete(void* p, std::align_val_t, const std::nothrow_t&) noexcept { std::free(p); }
-void operator delete[](void* p, std::align_val_t, const std::nothrow_t&) noexcept { std::free(p); }
+// Counts heap allocations (parent and workers alike).
+#include "core/counting_operator_new.hpp"
 
 using namespace std::chrono_literals;
 using shmbus::scheduler;
@@ -164,7 +116,7 @@ namespace bench = shmbus::bench;
 
 namespace {
 
-std::uint64_t allocations() noexcept { return g_allocations.load(std::memory_order_relaxed); }
+using shmbus::detail::heap_allocations;
 
 /// Allocations made during measured blocks, and the messages of those blocks.
 struct alloc_tally {
@@ -555,17 +507,9 @@ struct settings {
   std::uint64_t ring_bytes = 1 << 20;  ///< throughput and fan-out rings
 };
 
-bench::plan plan_for(const settings& s, bench::plan full, bench::plan quick) {
-  bench::plan p = s.quick ? quick : full;
-  if (s.pairs != 0) p.pairs = s.pairs;
-  return p;
-}
-
-using emit_fn = std::function<void(bench::result&)>;
-
-void add_number(bench::result& r, std::string key, double v, int decimals) {
-  r.extra.emplace_back(std::move(key), bench::json_number(v, decimals));
-}
+using bench::add_number;
+using bench::emit_fn;
+using bench::plan_for;
 
 void add_alloc_fields(bench::result& r, const alloc_tally& parent, const arena_view& a, std::size_t workers) {
   alloc_tally w;
@@ -597,7 +541,7 @@ shmbus::subscriber_options pp_subscriber_options(pp_mode mode) {
 /// Parent, channel side: one sample per round trip, halved.
 task<void> ping_channel(shmbus::byte_publisher& pub, shmbus::byte_subscriber& sub, std::span<std::byte> msg,
                         std::uint64_t& counter, std::size_t n, std::vector<double>& out, alloc_tally* tally) {
-  const std::uint64_t a0 = allocations();
+  const std::uint64_t a0 = heap_allocations();
   for (std::size_t i = 0; i < n; ++i) {
     const std::uint64_t c = ++counter;
     std::memcpy(msg.data(), &c, sizeof c);
@@ -609,18 +553,18 @@ task<void> ping_channel(shmbus::byte_publisher& pub, shmbus::byte_subscriber& su
       throw std::runtime_error(fmt::format("echo {} of {} B came back wrong", c, msg.size()));
     out.push_back(static_cast<double>(t1 - t0) / 2);
   }
-  if (tally != nullptr) tally->add(allocations() - a0, 2 * n);  // two messages per round trip
+  if (tally != nullptr) tally->add(heap_allocations() - a0, 2 * n);  // two messages per round trip
 }
 
 /// Worker, channel side.
 task<void> echo_channel(shmbus::byte_subscriber& sub, shmbus::byte_publisher& pub, std::size_t n,
                         alloc_tally* tally) {
-  const std::uint64_t a0 = allocations();
+  const std::uint64_t a0 = heap_allocations();
   for (std::size_t i = 0; i < n; ++i) {
     const shmbus::byte_message m = co_await sub.next();
     co_await pub.publish(m.data);
   }
-  if (tally != nullptr) tally->add(allocations() - a0, 2 * n);
+  if (tally != nullptr) tally->add(heap_allocations() - a0, 2 * n);
 }
 
 /// Raw cache-line ping-pong: the parent stores i in `ping`, the worker
@@ -680,14 +624,6 @@ void echo_copy(const arena_view& a, std::size_t size, std::uint64_t& counter, st
   }
 }
 
-void raw_write(int fd) {
-  const std::uint64_t one = 1;
-  ssize_t r;
-  do r = ::write(fd, &one, sizeof one);
-  while (r < 0 && errno == EINTR);
-  if (r != static_cast<ssize_t>(sizeof one)) throw std::runtime_error(fmt::format("write: {}", std::strerror(errno)));
-}
-
 void raw_read(int fd) {
   std::uint64_t value = 0;
   ssize_t r;
@@ -699,7 +635,7 @@ void raw_read(int fd) {
 void ping_eventfd(int to_worker, int from_worker, std::size_t n, std::vector<double>& out) {
   for (std::size_t i = 0; i < n; ++i) {
     const auto t0 = bench::now_ns();
-    raw_write(to_worker);
+    bench::eventfd_add_one(to_worker);
     raw_read(from_worker);
     const auto t1 = bench::now_ns();
     out.push_back(static_cast<double>(t1 - t0) / 2);
@@ -709,7 +645,7 @@ void ping_eventfd(int to_worker, int from_worker, std::size_t n, std::vector<dou
 void echo_eventfd(int from_parent, int to_parent, std::size_t n) {
   for (std::size_t i = 0; i < n; ++i) {
     raw_read(from_parent);
-    raw_write(to_parent);
+    bench::eventfd_add_one(to_parent);
   }
 }
 
@@ -966,9 +902,9 @@ bench::result stream_case(const stream_spec& spec, const bench::plan& p, std::ui
     }
   };
   auto channel_block = [&](read_kind kind, bool count, std::vector<double>& out) {
-    const std::uint64_t a0 = allocations();
+    const std::uint64_t a0 = heap_allocations();
     publish_channel(pub, kind, msg, channel_counter, per_block);
-    if (count) tally.add(allocations() - a0, per_block);
+    if (count) tally.add(heap_allocations() - a0, per_block);
     gather(out);
   };
   bench::side channel_side{spec.kind == read_kind::copy ? "channel" : "channel_zero_copy",
@@ -1134,10 +1070,10 @@ void sink_worker_run(const worker_args& a, const arena_view& arena) {
       if (side == 'r') {
         sink_ring(reader, local.data(), ring_expected, n, per_sample, samples, errors);
       } else {
-        const std::uint64_t a0 = allocations();
+        const std::uint64_t a0 = heap_allocations();
         sink_channel(sub, side == 'z' ? read_kind::zero_copy : read_kind::copy, size, local.data(), channel_expected,
                      n, per_sample, samples, errors);
-        if (i == 0 && round >= warmup) tally.add(allocations() - a0, std::uint64_t{n} * per_sample);
+        if (i == 0 && round >= warmup) tally.add(heap_allocations() - a0, std::uint64_t{n} * per_sample);
       }
       shared(done).fetch_add(1, std::memory_order_acq_rel);
     }

@@ -281,17 +281,9 @@ struct settings {
   fs_info fsys;
 };
 
-bench::plan plan_for(const settings& s, bench::plan full, bench::plan quick) {
-  bench::plan p = s.quick ? quick : full;
-  if (s.pairs != 0) p.pairs = s.pairs;
-  return p;
-}
-
-using emit_fn = std::function<void(bench::result&)>;
-
-void add_number(bench::result& r, std::string key, double v, int decimals) {
-  r.extra.emplace_back(std::move(key), bench::json_number(v, decimals));
-}
+using bench::add_number;
+using bench::emit_fn;
+using bench::plan_for;
 
 /// Counts a side's calls, to tell the warm-up blocks from the measured ones.
 struct block_counter {

@@ -224,15 +224,6 @@ void check_peer_alive() {
   if (g_child_exited != 0) throw std::runtime_error("the echoing process exited during the measurement");
 }
 
-/// Pins the calling process to `cpu`; false if refused or absent.
-void raw_write(int fd) {
-  const std::uint64_t one = 1;
-  ssize_t r;
-  do r = ::write(fd, &one, sizeof one);
-  while (r < 0 && errno == EINTR);
-  if (r != static_cast<ssize_t>(sizeof one)) throw std::runtime_error(fmt::format("write: {}", std::strerror(errno)));
-}
-
 void raw_read(int fd) {
   std::uint64_t value = 0;
   ssize_t r;
@@ -297,7 +288,7 @@ task<void> echo_scheduler(scheduler& s, const doorbells& d, std::size_t n) {
 void ping_baseline(const doorbells& d, baseline_waiter& w, std::size_t n, std::vector<double>& out) {
   for (std::size_t i = 0; i < n; ++i) {
     const auto t0 = bench::now_ns();
-    raw_write(d.b1.get());
+    bench::eventfd_add_one(d.b1.get());
     w.wait(d.b2.get());
     const auto t1 = bench::now_ns();
     check_peer_alive();
@@ -308,7 +299,7 @@ void ping_baseline(const doorbells& d, baseline_waiter& w, std::size_t n, std::v
 void echo_baseline(const doorbells& d, baseline_waiter& w, std::size_t n) {
   for (std::size_t i = 0; i < n; ++i) {
     w.wait(d.b1.get());
-    raw_write(d.b2.get());
+    bench::eventfd_add_one(d.b2.get());
   }
 }
 
@@ -410,7 +401,7 @@ bench::result wakeup_case(const bench::plan& p, baseline_kind kind) {
                         }};
   const bench::comparison c = bench::run_interleaved(sched_side, base_side, p);
   g_unblock_fd = -1;
-  raw_write(d.b1.get());  // lets B exit
+  bench::eventfd_add_one(d.b1.get());  // lets B exit
   if (const int st = child_guard.wait(); st != 0)
     throw std::runtime_error(fmt::format("the echoing process exited with status {}", st));
 
@@ -478,8 +469,8 @@ bench::result timer_zero(const bench::plan& p) {
   diag.pairs = (p.pairs + 1) / 2;
   const bench::comparison d = bench::run_interleaved(a, raw_timeout, diag);
   const double raw_p50 = bench::compute_stats(d.samples_b).p50;
-  r.extra.emplace_back("raw_timeout0_p50_ns", bench::json_number(raw_p50, 1));
-  r.extra.emplace_back("ratio_vs_raw_timeout0", bench::json_number(bench::compute_stats(d.samples_a).p50 / raw_p50, 3));
+  bench::add_number(r, "raw_timeout0_p50_ns", raw_p50, 1);
+  bench::add_number(r, "ratio_vs_raw_timeout0", bench::compute_stats(d.samples_a).p50 / raw_p50, 3);
   return r;
 }
 

@@ -18,8 +18,10 @@
 #include <fmt/format.h>
 #include <liburing.h>
 #include <sched.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
 #include <cmath>
 #include <cstddef>
@@ -29,6 +31,7 @@
 #include <ctime>
 #include <functional>
 #include <map>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -247,6 +250,14 @@ inline std::string json_number(double v, int decimals) {
 inline void result::add_extra(std::string key, std::string_view v) {
   extra.emplace_back(std::move(key), json_string(v));
 }
+
+/// An extra numeric field with `decimals` digits after the point.
+inline void add_number(result& r, std::string key, double v, int decimals) {
+  r.extra.emplace_back(std::move(key), json_number(v, decimals));
+}
+
+/// Where a bench's cases hand their results.
+using emit_fn = std::function<void(result&)>;
 
 /// --samples PREFIX: where fill() writes every recorded sample (one number
 /// a line, in recording order) for offline analysis; empty: nowhere.
@@ -467,6 +478,25 @@ inline std::uint64_t parse_count(const options& o, const std::string& key, std::
     std::exit(2);
   }
   return v;
+}
+
+/// The plan of a case: `quick` for --quick (the smoke run), else `full`;
+/// --pairs N (settings.pairs != 0) overrides the number of pairs.
+template <class Settings>
+plan plan_for(const Settings& s, plan full, plan quick) {
+  plan p = s.quick ? quick : full;
+  if (s.pairs != 0) p.pairs = s.pairs;
+  return p;
+}
+
+/// Adds 1 to an eventfd with write(2) (the raw wake-up the benches hold
+/// channels and the scheduler against); throws on failure.
+inline void eventfd_add_one(int fd) {
+  const std::uint64_t one = 1;
+  ssize_t r;
+  do r = ::write(fd, &one, sizeof one);
+  while (r < 0 && errno == EINTR);
+  if (r != static_cast<ssize_t>(sizeof one)) throw std::runtime_error(fmt::format("write: {}", std::strerror(errno)));
 }
 
 /// Pins the calling process to one CPU; false where that is refused.

@@ -18,33 +18,7 @@
 #include <new>
 #include <stdexcept>
 
-namespace {
-std::atomic<std::size_t> allocations{0};
-}
-
-namespace {
-void* counted_malloc(std::size_t n) noexcept {
-  allocations.fetch_add(1, std::memory_order_relaxed);
-  return std::malloc(n == 0 ? 1 : n);
-}
-void* counted_or_throw(std::size_t n) {
-  if (void* p = counted_malloc(n)) return p;
-  throw std::bad_alloc();
-}
-}  // namespace
-
-// Every plain form is replaced, so that new and delete always pair (the
-// sanitizers check that).
-void* operator new(std::size_t n) { return counted_or_throw(n); }
-void* operator new[](std::size_t n) { return counted_or_throw(n); }
-void* operator new(std::size_t n, const std::nothrow_t&) noexcept { return counted_malloc(n); }
-void* operator new[](std::size_t n, const std::nothrow_t&) noexcept { return counted_malloc(n); }
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete[](void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
-void operator delete(void* p, const std::nothrow_t&) noexcept { std::free(p); }
-void operator delete[](void* p, const std::nothrow_t&) noexcept { std::free(p); }
+#include "core/counting_operator_new.hpp"
 
 using shmbus::task;
 using namespace std::chrono_literals;
@@ -69,12 +43,12 @@ TEST_CASE("awaiting timers, eventfds and pipe reads allocates nothing after warm
   auto loop = [&](int rounds) -> task<void> {
     for (int i = 0; i < rounds; ++i) co_await round();
   };
-  auto measured = [&]() -> task<std::size_t> {
+  auto measured = [&]() -> task<std::uint64_t> {
     co_await loop(1000);  // warm-up: ready queue and ring reach their size
     auto measured_loop = loop(10'000);
-    const std::size_t before = allocations.load();
+    const std::uint64_t before = shmbus::detail::heap_allocations();
     co_await measured_loop;
-    co_return allocations.load() - before;
+    co_return shmbus::detail::heap_allocations() - before;
   };
   // Each round awaits a task (one frame) and five requests. Frames come from
   // operator new; the requests must add nothing on top.
@@ -119,12 +93,12 @@ TEST_CASE("channel messages cost no allocation: ready, spinning or parked", "[al
   auto phase = [&](std::uint64_t n) -> task<void> {
     co_await shmbus::when_all(produce(n), consume(parked, n, 1), consume(spinning, n, 1), consume(slow, n, 200));
   };
-  auto measured = [&]() -> task<std::size_t> {
+  auto measured = [&]() -> task<std::uint64_t> {
     co_await phase(1000);  // warm-up: doorbells fetched, frames cached
     auto timed = phase(5000);
-    const std::size_t before = allocations.load();
+    const std::uint64_t before = shmbus::detail::heap_allocations();
     co_await timed;
-    co_return allocations.load() - before;
+    co_return shmbus::detail::heap_allocations() - before;
   };
   // The phase's own frames (when_all, four tasks) are allocated once; the
   // 5000 messages, their parks and wake-ups add nothing.

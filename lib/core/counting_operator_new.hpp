@@ -1,0 +1,78 @@
+// Replaces the global operator new and delete (every replaceable form, so
+// that new and delete always pair, which the sanitizers check) with ones
+// that count allocations: how tests and benchmarks show that a path makes
+// no heap allocation.
+//
+// Include it in exactly one translation unit of a test or benchmark
+// program, never in the library: the replacement is program-wide.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <new>
+
+namespace shmbus::detail {
+
+inline std::atomic<std::uint64_t> g_heap_allocations{0};
+
+/// Allocations made through operator new since the program started.
+inline std::uint64_t heap_allocations() noexcept { return g_heap_allocations.load(std::memory_order_relaxed); }
+
+namespace counting_new {
+
+inline void* counted_malloc(std::size_t n) noexcept {
+  g_heap_allocations.fetch_add(1, std::memory_order_relaxed);
+  return std::malloc(n == 0 ? 1 : n);
+}
+inline void* counted_or_throw(std::size_t n) {
+  if (void* p = counted_malloc(n)) return p;
+  throw std::bad_alloc();
+}
+inline void* counted_aligned(std::size_t n, std::align_val_t al) noexcept {
+  g_heap_allocations.fetch_add(1, std::memory_order_relaxed);
+  const auto a = static_cast<std::size_t>(al);
+  const std::size_t rounded = n == 0 ? a : (n + a - 1) / a * a;
+  return std::aligned_alloc(a, rounded);
+}
+inline void* counted_aligned_or_throw(std::size_t n, std::align_val_t al) {
+  if (void* p = counted_aligned(n, al)) return p;
+  throw std::bad_alloc();
+}
+
+}  // namespace counting_new
+}  // namespace shmbus::detail
+
+void* operator new(std::size_t n) { return shmbus::detail::counting_new::counted_or_throw(n); }
+void* operator new[](std::size_t n) { return shmbus::detail::counting_new::counted_or_throw(n); }
+void* operator new(std::size_t n, const std::nothrow_t&) noexcept {
+  return shmbus::detail::counting_new::counted_malloc(n);
+}
+void* operator new[](std::size_t n, const std::nothrow_t&) noexcept {
+  return shmbus::detail::counting_new::counted_malloc(n);
+}
+void* operator new(std::size_t n, std::align_val_t a) {
+  return shmbus::detail::counting_new::counted_aligned_or_throw(n, a);
+}
+void* operator new[](std::size_t n, std::align_val_t a) {
+  return shmbus::detail::counting_new::counted_aligned_or_throw(n, a);
+}
+void* operator new(std::size_t n, std::align_val_t a, const std::nothrow_t&) noexcept {
+  return shmbus::detail::counting_new::counted_aligned(n, a);
+}
+void* operator new[](std::size_t n, std::align_val_t a, const std::nothrow_t&) noexcept {
+  return shmbus::detail::counting_new::counted_aligned(n, a);
+}
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete[](void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
+void operator delete(void* p, const std::nothrow_t&) noexcept { std::free(p); }
+void operator delete[](void* p, const std::nothrow_t&) noexcept { std::free(p); }
+void operator delete(void* p, std::align_val_t) noexcept { std::free(p); }
+void operator delete[](void* p, std::align_val_t) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
+void operator delete[](void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
+void operator delete(void* p, std::align_val_t, const std::nothrow_t&) noexcept { std::free(p); }
+void operator delete[](void* p, std::align_val_t, const std::nothrow_t&) noexcept { std::free(p); }
