@@ -10,11 +10,11 @@
 #include <shmbus/region.hpp>
 
 #include "bus/directory.hpp"
+#include "region/region_impl.hpp"
 #include "ring/ring.hpp"
 
 #include <fmt/format.h>
 
-#include <dirent.h>
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -22,7 +22,6 @@
 #include <cerrno>
 #include <chrono>
 #include <map>
-#include <memory>
 
 namespace shmbus::tool {
 
@@ -207,22 +206,6 @@ bus_view inspect_bus(const std::string& name) {
   return std::move(*v);
 }
 
-std::vector<std::string> shmbus_objects() {
-  std::unique_ptr<DIR, int (*)(DIR*)> dir(::opendir(std::string(shm_dir).c_str()), &::closedir);
-  if (!dir) throw_errno(errno, "opendir", shm_dir);
-  std::vector<std::string> names;
-  for (;;) {
-    errno = 0;
-    const dirent* entry = ::readdir(dir.get());
-    if (entry == nullptr) {
-      if (errno != 0) throw_errno(errno, "readdir", shm_dir);
-      break;
-    }
-    const std::string_view n = entry->d_name;
-    if (n.starts_with(prefix)) names.emplace_back(n);
-  }
-  std::sort(names.begin(), names.end());
-  return names;
-}
+std::vector<std::string> shmbus_objects() { return detail::region_shm_objects(prefix); }
 
 }  // namespace shmbus::tool

@@ -25,11 +25,11 @@
 #include <shmbus/detail/ring_layout.hpp>
 
 #include "bus/directory.hpp"
+#include "region/region_impl.hpp"
 #include "ring/ring.hpp"
 
 #include <fmt/format.h>
 
-#include <dirent.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -198,23 +198,14 @@ std::optional<region> create_new(const std::string& object, std::size_t size, co
   return r;
 }
 
-// The entries of /dev/shm named <prefix><rest>, with <rest> a valid name.
+// The entries of /dev/shm named <prefix><rest>, with <rest> a valid name:
+// the <rest>s, sorted.
 std::vector<std::string> shm_names(std::string_view prefix) {
-  std::unique_ptr<DIR, int (*)(DIR*)> dir(::opendir(std::string(shm_directory).c_str()), &::closedir);
-  if (!dir) throw_errno(errno, "opendir", shm_directory);
   std::vector<std::string> names;
-  for (;;) {
-    errno = 0;
-    const dirent* entry = ::readdir(dir.get());
-    if (entry == nullptr) {
-      if (errno != 0) throw_errno(errno, "readdir", shm_directory);
-      break;
-    }
-    const std::string_view n = entry->d_name;
-    if (n.size() > prefix.size() && n.starts_with(prefix) && detail::valid_bus_name(n.substr(prefix.size())))
-      names.emplace_back(n.substr(prefix.size()));
+  for (const std::string& n : detail::region_shm_objects(prefix)) {
+    const std::string_view rest = std::string_view(n).substr(prefix.size());
+    if (!rest.empty() && detail::valid_bus_name(rest)) names.emplace_back(rest);
   }
-  std::sort(names.begin(), names.end());
   return names;
 }
 

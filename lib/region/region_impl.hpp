@@ -8,6 +8,7 @@
 #include <cstddef>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace shmbus::detail {
 
@@ -41,6 +42,11 @@ std::size_t region_round_size(std::size_t size, std::string_view operation, std:
 /// Checks a shared-memory or memfd name (see region::create_shm) and returns
 /// it with exactly one leading '/'. Throws errc::bad_name.
 std::string region_shm_name(std::string_view name, std::string_view operation);
+
+/// The names (without '/') of the POSIX shared-memory objects that start
+/// with `prefix`, sorted: the entries of /dev/shm, where glibc keeps them.
+/// Throws (opendir, readdir).
+std::vector<std::string> region_shm_objects(std::string_view prefix);
 
 /// The size of the object behind `fd` (fstat), refusing what cannot be
 /// mapped without SIGBUS: not a regular file (errc::not_supported), empty or

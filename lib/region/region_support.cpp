@@ -4,12 +4,15 @@
 
 #include <fmt/format.h>
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <memory>
 #include <utility>
 
 namespace shmbus::detail {
@@ -67,6 +70,25 @@ std::string region_shm_name(std::string_view name, std::string_view operation) {
   // (-Wrestrict) about the latter for no reason.
   std::string shm_name(1, '/');
   return shm_name.append(body);
+}
+
+std::vector<std::string> region_shm_objects(std::string_view prefix) {
+  constexpr const char* shm_directory = "/dev/shm";
+  std::unique_ptr<DIR, int (*)(DIR*)> dir(::opendir(shm_directory), &::closedir);
+  if (!dir) throw_errno(errno, "opendir", shm_directory);
+  std::vector<std::string> names;
+  for (;;) {
+    errno = 0;
+    const dirent* entry = ::readdir(dir.get());
+    if (entry == nullptr) {
+      if (errno != 0) throw_errno(errno, "readdir", shm_directory);
+      break;
+    }
+    const std::string_view n = entry->d_name;
+    if (n.starts_with(prefix)) names.emplace_back(n);
+  }
+  std::sort(names.begin(), names.end());
+  return names;
 }
 
 std::size_t region_existing_size(int fd, std::string_view operation, std::string_view object) {
