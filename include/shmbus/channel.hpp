@@ -231,7 +231,6 @@ class claim_awaitable {
   std::uint32_t m_length;
   Finish m_finish;
   publish_status m_status = publish_status::would_block;
-  bool m_finished = false;  // try_at_once did it all
   claim_ticket m_claim;
   task<void> m_slow;
 };
@@ -307,7 +306,6 @@ template <class Finish>
 bool claim_awaitable<Finish>::await_ready() noexcept {
   if constexpr (finishes_at_once<Finish>) {
     m_status = m_finish.try_at_once(*m_publisher);
-    m_finished = m_status == publish_status::ok;
   } else {
     m_status = m_publisher->try_claim(m_length, m_claim);
   }
@@ -322,7 +320,7 @@ task<void> claim_awaitable<Finish>::slow_path() {
 template <class Finish>
 decltype(auto) claim_awaitable<Finish>::await_resume() {
   if constexpr (finishes_at_once<Finish>) {
-    if (m_finished) return;
+    if (!m_slow.valid() && m_status == publish_status::ok) return;  // try_at_once did it all
   }
   if (m_slow.valid())
     m_slow.operator co_await().await_resume();

@@ -232,14 +232,19 @@ struct subscriber_core {
     const read_status st = frames.try_read(cursor, f, lost);
     if (st != read_status::ok) [[unlikely]]
       return nothing_read(st);
-    // Everything before this frame is released now (the previous message
-    // included); this one stays readable until the next read.
+    return deliver(f, lost, f.payload);
+  }
+
+  /// Moves past `f`, delivered as `data`. Everything before `f` is released
+  /// now (the previous message included); `f` stays readable until the
+  /// next read.
+  byte_message deliver(const ring::frame& f, std::uint64_t lost, std::span<const std::byte> data) noexcept {
     if (f.position - published_position >= release_batch) [[unlikely]]
       publish_released({f.position, f.sequence});
     ring::advance(cursor, f);
     ++received;
     missed += lost;
-    return {f.payload, f.sequence, lost, receive_status::ok};
+    return {data, f.sequence, lost, receive_status::ok};
   }
 
   [[gnu::noinline]] byte_message nothing_read(read_status st) noexcept {
@@ -259,11 +264,7 @@ struct subscriber_core {
       if (st != read_status::ok) return nothing_read(st);
       if (!f.payload.empty()) std::memcpy(copy, f.payload.data(), f.payload.size());
       if (!frames.still_valid(f)) continue;
-      if (f.position - published_position >= release_batch) publish_released({f.position, f.sequence});
-      ring::advance(cursor, f);
-      ++received;
-      missed += lost;
-      return {{copy, f.payload.size()}, f.sequence, lost, receive_status::ok};
+      return deliver(f, lost, {copy, f.payload.size()});
     }
     return {};
   }

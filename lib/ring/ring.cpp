@@ -24,12 +24,7 @@ namespace {
 static_assert(std::endian::native == std::endian::little, "the channel layout is little-endian");
 static_assert(std::atomic_ref<std::uint64_t>::is_always_lock_free);
 
-constexpr std::uint64_t unknown_sequence = ~std::uint64_t{0};
-
-template <class T>
-std::atomic_ref<T> shared(T& word) noexcept {
-  return std::atomic_ref<T>(word);
-}
+using ring_detail::shared;
 
 [[noreturn]] void corrupt(std::string_view object, std::string_view what) {
   throw error(errc::region_corrupt, "open channel", object, what);
@@ -437,7 +432,7 @@ ring_cursor ring::newest() const noexcept {
 ring_cursor ring::oldest() const noexcept {
   const ring_cursor tail = newest();
   if (tail.position <= m_capacity) return {0, 0};
-  return {((tail.position - m_capacity) + m_mask) & ~m_mask, unknown_sequence};
+  return {((tail.position - m_capacity) + m_mask) & ~m_mask, ring_cursor::unknown_sequence};
 }
 
 }  // namespace shmbus::detail

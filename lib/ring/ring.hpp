@@ -90,6 +90,9 @@ enum class read_status : std::uint8_t { ok, empty, lagged, corrupt };
 
 /// A reader's place in the ring.
 struct ring_cursor {
+  /// `sequence` of a reader that does not know which sequence number comes
+  /// next (one that starts at the oldest frame): nothing counts as missed.
+  static constexpr std::uint64_t unknown_sequence = ~std::uint64_t{0};
   std::uint64_t position = 0;
   std::uint64_t sequence = 0;
 };
@@ -299,8 +302,10 @@ class ring {
 
 namespace ring_detail {
 
+/// A word of the shared region, accessed atomically (other processes
+/// write the same bytes).
 template <class T>
-std::atomic_ref<T> word(T& w) noexcept {
+std::atomic_ref<T> shared(T& w) noexcept {
   return std::atomic_ref<T>(w);
 }
 
@@ -316,7 +321,7 @@ inline void fence_before_recheck() noexcept {
 
 /// Clears and returns the bits set in `w`: one load and no write when none.
 inline std::uint64_t take_bits(std::uint64_t& w) noexcept {
-  auto a = word(w);
+  auto a = shared(w);
   const std::uint64_t bits = a.load(std::memory_order_seq_cst);
   if (bits == 0) return 0;
   return a.fetch_and(~bits, std::memory_order_acq_rel) & bits;
@@ -325,24 +330,24 @@ inline std::uint64_t take_bits(std::uint64_t& w) noexcept {
 }  // namespace ring_detail
 
 inline std::uint64_t ring::tail_position() const noexcept {
-  return ring_detail::word(m_header->tail_position).load(std::memory_order_acquire);
+  return ring_detail::shared(m_header->tail_position).load(std::memory_order_acquire);
 }
 
 inline std::uint64_t ring::tail_sequence() const noexcept {
-  return ring_detail::word(m_header->tail_sequence).load(std::memory_order_acquire);
+  return ring_detail::shared(m_header->tail_sequence).load(std::memory_order_acquire);
 }
 
 inline void ring::publish_position(std::uint32_t index, const ring_cursor& cursor, bool then_check_waiters) noexcept {
   layout::subscriber_slot& slot = m_subscribers[index];
-  ring_detail::word(slot.sequence).store(cursor.sequence, std::memory_order_relaxed);
+  ring_detail::shared(slot.sequence).store(cursor.sequence, std::memory_order_relaxed);
   // release: publishers that acquire the position may reuse the bytes before it.
-  ring_detail::word(slot.position)
+  ring_detail::shared(slot.position)
       .store(cursor.position, then_check_waiters ? std::memory_order_seq_cst : std::memory_order_release);
 }
 
 inline void ring::count_delivered(std::uint32_t index, std::uint64_t received, std::uint64_t missed) noexcept {
-  ring_detail::word(m_subscribers[index].received).store(received, std::memory_order_relaxed);
-  ring_detail::word(m_subscribers[index].missed).store(missed, std::memory_order_relaxed);
+  ring_detail::shared(m_subscribers[index].received).store(received, std::memory_order_relaxed);
+  ring_detail::shared(m_subscribers[index].missed).store(missed, std::memory_order_relaxed);
 }
 
 inline std::uint64_t ring::take_parked_subscribers() noexcept {
@@ -357,28 +362,28 @@ inline void ring::write_frame_header(std::uint64_t position, std::uint32_t lengt
   // Relaxed atomics: under the overwrite policy a lapped reader may read
   // these while we write them (and then discards what it read).
   layout::frame_header& f = frame_at(position);
-  ring_detail::word(f.length).store(length, std::memory_order_relaxed);
-  ring_detail::word(f.type).store(type, std::memory_order_relaxed);
-  ring_detail::word(f.publisher).store(static_cast<std::uint16_t>(publisher_index), std::memory_order_relaxed);
-  ring_detail::word(f.sequence).store(sequence, std::memory_order_relaxed);
+  ring_detail::shared(f.length).store(length, std::memory_order_relaxed);
+  ring_detail::shared(f.type).store(type, std::memory_order_relaxed);
+  ring_detail::shared(f.publisher).store(static_cast<std::uint16_t>(publisher_index), std::memory_order_relaxed);
+  ring_detail::shared(f.sequence).store(sequence, std::memory_order_relaxed);
 }
 
 inline void ring::store_commit(std::uint64_t position, std::memory_order order) noexcept {
   // release (at least): the header fields and payload written before are
   // visible to a reader that acquires this value.
-  ring_detail::word(frame_at(position).commit).store(position ^ m_salt, order);
+  ring_detail::shared(frame_at(position).commit).store(position ^ m_salt, order);
 }
 
 inline std::uint64_t ring::load_commit(std::uint64_t position) const noexcept {
   // seq_cst, for the parking handshake (see park_subscriber); on x86-64 it
   // is the same plain load as acquire.
-  return ring_detail::word(frame_at(position).commit).load(std::memory_order_seq_cst);
+  return ring_detail::shared(frame_at(position).commit).load(std::memory_order_seq_cst);
 }
 
 inline bool ring::room_for(std::uint64_t end) noexcept {
   // A subscriber joining (or leaving) changes the mask: rescan then;
   // otherwise only when the cached limit is in the way.
-  const std::uint64_t active = ring_detail::word(m_header->active_subscribers).load(std::memory_order_acquire);
+  const std::uint64_t active = ring_detail::shared(m_header->active_subscribers).load(std::memory_order_acquire);
   if (active == m_active_cache && end <= m_limit_cache) return true;
   return refresh_room(end);
 }
@@ -387,8 +392,8 @@ inline claim_status ring::try_claim(std::uint32_t length, std::uint32_t publishe
   if (length > m_max_message) return claim_status::too_large;
   const std::uint64_t frame_bytes = layout::frame_size(length);
   layout::publisher_slot& me = m_publishers[publisher_index];
-  std::uint64_t position = ring_detail::word(m_header->tail_position).load(std::memory_order_acquire);
-  std::uint64_t sequence = ring_detail::word(m_header->tail_sequence).load(std::memory_order_acquire);
+  std::uint64_t position = ring_detail::shared(m_header->tail_position).load(std::memory_order_acquire);
+  std::uint64_t sequence = ring_detail::shared(m_header->tail_sequence).load(std::memory_order_acquire);
   std::uint64_t room;
   for (;;) {
     room = m_capacity - (position & m_mask);
@@ -396,9 +401,9 @@ inline claim_status ring::try_claim(std::uint32_t length, std::uint32_t publishe
     if (m_policy == layout::policy_block && !room_for(position + need)) return claim_status::would_block;
     // The intent lets a repairer find the length of a claim whose writer
     // died before writing a header. Ordered before the claim by the CAS.
-    ring_detail::word(me.intent_length).store(need, std::memory_order_relaxed);
-    ring_detail::word(me.intent_sequence).store(sequence, std::memory_order_relaxed);
-    ring_detail::word(me.intent_position).store(position, std::memory_order_relaxed);
+    ring_detail::shared(me.intent_length).store(need, std::memory_order_relaxed);
+    ring_detail::shared(me.intent_sequence).store(sequence, std::memory_order_relaxed);
+    ring_detail::shared(me.intent_position).store(position, std::memory_order_relaxed);
     if (cas128(&m_header->tail_position, position, sequence, position + need, sequence + 1)) break;
   }
   out.claim_position = position;
@@ -419,10 +424,10 @@ inline void ring::commit_as(const claim& c, std::uint32_t publisher_index, std::
   write_frame_header(c.frame_position, c.length, type, c.sequence, publisher_index);
   store_commit(c.frame_position, std::memory_order_seq_cst);
   layout::publisher_slot& me = m_publishers[publisher_index];
-  ring_detail::word(me.intent_position).store(~std::uint64_t{0}, std::memory_order_release);
+  ring_detail::shared(me.intent_position).store(~std::uint64_t{0}, std::memory_order_release);
   // Only the slot's owner writes its counter: no read-modify-write needed.
   if (type == layout::frame_data) {
-    auto published = ring_detail::word(me.published);
+    auto published = ring_detail::shared(me.published);
     published.store(published.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
   }
 }
@@ -450,7 +455,7 @@ inline bool ring::still_valid(const frame& f) const noexcept {
 }
 
 inline read_status ring::try_read(ring_cursor& cursor, frame& out, std::uint64_t& missed) const noexcept {
-  constexpr std::uint64_t unknown_sequence = ~std::uint64_t{0};
+  constexpr std::uint64_t unknown_sequence = ring_cursor::unknown_sequence;
   missed = 0;
   // Each turn consumes a padding frame or resynchronises after a lap; a
   // well-formed ring needs at most a few. The bound keeps a hostile writer
@@ -474,9 +479,9 @@ inline read_status ring::try_read(ring_cursor& cursor, frame& out, std::uint64_t
       continue;
     }
     layout::frame_header& f = frame_at(p);
-    const std::uint32_t length = ring_detail::word(f.length).load(std::memory_order_relaxed);
-    const std::uint16_t type = ring_detail::word(f.type).load(std::memory_order_relaxed);
-    const std::uint64_t sequence = ring_detail::word(f.sequence).load(std::memory_order_relaxed);
+    const std::uint32_t length = ring_detail::shared(f.length).load(std::memory_order_relaxed);
+    const std::uint16_t type = ring_detail::shared(f.type).load(std::memory_order_relaxed);
+    const std::uint64_t sequence = ring_detail::shared(f.sequence).load(std::memory_order_relaxed);
     const std::uint64_t offset = p & m_mask;
     const std::uint64_t size = layout::frame_size(length);
     // Under the overwrite policy these fields may already belong to a newer
