@@ -74,7 +74,12 @@ std::filesystem::path log_state::segment_path(std::uint64_t index) const {
 }
 
 segment_map* log_state::segment(std::uint64_t index, bool create) {
-  if (auto it = segments.find(index); it != segments.end()) return it->second.get();
+  if (index == last_segment_index) return last_segment;
+  if (auto it = segments.find(index); it != segments.end()) {
+    last_segment_index = index;
+    last_segment = it->second.get();
+    return last_segment;
+  }
   const auto path = segment_path(index);
   std::error_code ec;
   const bool exists = std::filesystem::exists(path, ec);
@@ -92,7 +97,17 @@ segment_map* log_state::segment(std::uint64_t index, bool create) {
   }
   auto* raw = seg.get();
   segments.emplace(index, std::move(seg));
+  last_segment_index = index;
+  last_segment = raw;
   return raw;
+}
+
+void log_state::forget_segment(std::uint64_t index) noexcept {
+  if (index == last_segment_index) {
+    last_segment_index = ~std::uint64_t{0};
+    last_segment = nullptr;
+  }
+  segments.erase(index);
 }
 
 void log_state::sync_directory() {
@@ -438,7 +453,7 @@ std::size_t log_state::enforce_retention() {
     while (first < end && !std::atomic_ref<std::uint64_t>(meta->first_position).compare_exchange_weak(first, end)) {
     }
     ::unlink(path.c_str());
-    segments.erase(starts[i] / segment_size);
+    forget_segment(starts[i] / segment_size);
     total -= segment_size;
     ++dropped;
   }
@@ -539,7 +554,7 @@ void log_state::recover() {
     if (name.size() != 24 || !name.ends_with(".seg")) continue;
     const std::uint64_t start = std::strtoull(name.c_str(), nullptr, 10);
     if (start > p - p % segment_size) {
-      segments.erase(start / segment_size);
+      forget_segment(start / segment_size);
       ::unlink(e.path().c_str());
     }
   }

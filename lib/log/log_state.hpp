@@ -58,6 +58,10 @@ struct log_state {
   std::uint32_t max_record = 0;
   std::uint64_t salt = 0;
   std::map<std::uint64_t, std::unique_ptr<segment_map>> segments;
+  // The segment segment() returned last: an append looks its segment up
+  // several times (claim, header, payload, commit), nearly always the same.
+  std::uint64_t last_segment_index = ~std::uint64_t{0};
+  segment_map* last_segment = nullptr;
   int writer_slot = -1;
   recovery_report report;
   std::uint64_t syncs = 0;
@@ -72,6 +76,8 @@ struct log_state {
   /// The mapped segment `index`; created (fallocated, directory fsynced)
   /// when `create`, else nullptr if its file does not exist.
   segment_map* segment(std::uint64_t index, bool create);
+  /// Unmaps segment `index` (its file is someone else's business).
+  void forget_segment(std::uint64_t index) noexcept;
   log_layout::record_header* header_at(position p, bool create);
   log_layout::record_header& header_for_write(position p);
   bool committed(const log_layout::record_header& h, position p) const noexcept;
