@@ -128,18 +128,21 @@ struct publisher_core {
         options(o),
         subscriber_bells(frames.subscriber_slots()) {
     const process_identity me = process_identity::self();
+    frames.set_liveness(&alive, options.liveness_check);
     const int slot = frames.register_publisher(me.pid, me.start_time);
+    if (slot == -2)
+      throw error(errc::not_supported, "publisher", channel->name,
+                  "membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED) was refused, and another publisher relies on it");
     if (slot < 0)
       throw error(errc::would_block, "publisher", channel->name,
                   fmt::format("all {} publisher slots are taken", frames.publisher_slots()));
     index = static_cast<std::uint32_t>(slot);
-    frames.set_liveness(&alive, options.liveness_check);
     if (options.prefault) channel->prefault();
   }
   ~publisher_core() { frames.unregister_publisher(index); }
 
   void wake_subscribers() noexcept {
-    ring_each(frames.take_parked_subscribers(), subscriber_bells,
+    ring_each(frames.take_parked_subscribers(index), subscriber_bells,
               [this](std::uint32_t i) { return frames.subscriber_owner(i); });
   }
 };
@@ -531,13 +534,16 @@ task<void> byte_subscriber::next_when_available(detail::frame_cache&, byte_subsc
   detail::subscriber_core& core = *self.m_core;
   scheduler& s = detail::current_scheduler("next", core.channel->name);
   for (;;) {
-    core.frames.park_subscriber(core.index);
+    // Not guaranteed a ring only where membarrier is refused to us while a
+    // publisher relies on it: then look again every millisecond.
+    const bool will_be_rung = core.frames.park_subscriber(core.index);
     out = core.read();
     if (out.status != receive_status::empty) {
       core.frames.unpark_subscriber(core.index);
       co_return;
     }
-    co_await core.bell.bell.wait_for(s, core.options.liveness_check);
+    const std::chrono::nanoseconds bound = core.options.liveness_check;
+    co_await core.bell.bell.wait_for(s, will_be_rung ? bound : std::min<std::chrono::nanoseconds>(bound, std::chrono::milliseconds(1)));
     core.frames.unpark_subscriber(core.index);
     out = core.read();
     if (out.status != receive_status::empty) co_return;

@@ -1,6 +1,7 @@
 #include "ring/ring.hpp"
 
 #include "core/cas128.hpp"
+#include "core/process_barrier.hpp"
 
 #include "core/sanitizers.hpp"
 
@@ -8,6 +9,7 @@
 #include <shmbus/region.hpp>
 
 #include <fmt/format.h>
+#include <sched.h>
 #include <sys/random.h>
 #include <unistd.h>
 
@@ -274,7 +276,10 @@ std::uint32_t ring::reclaim_dead_publishers(liveness_check alive) noexcept {
     if (shared(slot.intent_position).load(std::memory_order_acquire) != ~std::uint64_t{0}) continue;
     std::uint64_t word = 0;
     if (!begin_reclaim(slot, alive, word)) continue;
-    shared(m_header->waiting_publishers).fetch_and(~(std::uint64_t{1} << i), std::memory_order_seq_cst);
+    const std::uint64_t bit = std::uint64_t{1} << i;
+    shared(m_header->waiting_publishers).fetch_and(~bit, std::memory_order_seq_cst);
+    shared(m_header->unfenced_publishers).fetch_and(~bit, std::memory_order_seq_cst);
+    shared(m_header->active_publishers).fetch_and(~bit, std::memory_order_seq_cst);
     finish_reclaim(slot, word);
     ++reclaimed;
   }
@@ -360,17 +365,80 @@ ring::repair_status ring::try_repair(std::uint64_t position, liveness_check aliv
 
 int ring::register_publisher(std::int32_t pid, std::uint64_t start_time) noexcept {
   for (std::uint32_t i = 0; i < m_publisher_slots; ++i) {
-    if (take_slot(m_publishers[i], pid, start_time)) {
-      // The counters are this incarnation's, not a previous owner's.
-      shared(m_publishers[i].published).store(0, std::memory_order_relaxed);
-      shared(m_publishers[i].intent_position).store(~std::uint64_t{0}, std::memory_order_release);
-      return static_cast<int>(i);
+    layout::publisher_slot& slot = m_publishers[i];
+    if (!take_slot(slot, pid, start_time)) continue;
+    // The counters are this incarnation's, not a previous owner's.
+    shared(slot.published).store(0, std::memory_order_relaxed);
+    shared(slot.intent_position).store(~std::uint64_t{0}, std::memory_order_release);
+    m_light_barriers = enable_light_barriers();
+    shared(slot.flags).store(m_light_barriers ? layout::publisher_light_barriers : 0, std::memory_order_relaxed);
+    const std::uint64_t bit = std::uint64_t{1} << i;
+    // seq_cst: from here on, a publisher that claims alone sees this bit
+    // in its next claim, or (light barrier) we wait its claim out below.
+    const std::uint64_t others = shared(m_header->active_publishers).fetch_or(bit, std::memory_order_seq_cst) & ~bit;
+    std::uint64_t light = 0;
+    for (std::uint64_t rest = others; rest != 0; rest &= rest - 1) {
+      const auto j = static_cast<std::uint32_t>(std::countr_zero(rest));
+      if (j < m_publisher_slots && (shared(m_publishers[j].flags).load(std::memory_order_relaxed) &
+                                    layout::publisher_light_barriers) != 0)
+        light |= std::uint64_t{1} << j;
     }
+    if (light == 0) return static_cast<int>(i);
+    if (!heavy_barrier()) {
+      unregister_publisher(i);
+      return -2;
+    }
+    for (; light != 0; light &= light - 1) wait_for_lone_claim(static_cast<std::uint32_t>(std::countr_zero(light)));
+    return static_cast<int>(i);
   }
   return -1;
 }
 
+void ring::wait_for_lone_claim(std::uint32_t other) noexcept {
+  // After the heavy barrier, `other` claims with the CAS from its next
+  // claim on. One it began before, with its intent stored, may still be
+  // about to store the claim word plainly: wait until the claim word has
+  // reached the intent's end, or the intent changed (committed, or retried
+  // and so after the barrier), or its process is gone.
+  const layout::publisher_slot& slot = m_publishers[other];
+  const std::uint64_t position = shared(slot.intent_position).load(std::memory_order_acquire);
+  const std::uint64_t length = shared(slot.intent_length).load(std::memory_order_acquire);
+  auto settled = [&] {
+    return shared(slot.intent_position).load(std::memory_order_acquire) != position ||
+           tail_position() >= position + length;
+  };
+  if (position == ~std::uint64_t{0}) return;
+  for (std::uint32_t turn = 0; !settled(); ++turn) {
+    if (turn < 1024) continue;
+    // Only preempted (or stopped) between two stores: yield to it, and
+    // give up on it once it is dead.
+    const slot_owner o = publisher_owner(other);
+    if (m_alive != nullptr && !m_alive(o.pid, o.start_time)) return;
+    ::sched_yield();
+  }
+}
+
+void ring::enter_unfenced(std::uint32_t publisher_index) noexcept {
+  // seq_cst: a subscriber that parks after this reads the bit and runs the
+  // heavy barrier; one that parked before is found by our next load of
+  // parked_subscribers, which this orders after it.
+  shared(m_header->unfenced_publishers).fetch_or(std::uint64_t{1} << publisher_index, std::memory_order_seq_cst);
+  m_unfenced = true;
+}
+
+void ring::leave_unfenced(std::uint32_t publisher_index) noexcept {
+  // seq_cst (a locked instruction): every unfenced commit before it is
+  // visible before the bit clears, so a subscriber that no longer sees the
+  // bit sees those commits.
+  shared(m_header->unfenced_publishers).fetch_and(~(std::uint64_t{1} << publisher_index), std::memory_order_seq_cst);
+  m_unfenced = false;
+  m_quiet_commits = 0;
+}
+
 void ring::unregister_publisher(std::uint32_t index) noexcept {
+  const std::uint64_t bit = std::uint64_t{1} << index;
+  if (m_unfenced) leave_unfenced(index);
+  shared(m_header->active_publishers).fetch_and(~bit, std::memory_order_seq_cst);
   auto word = slot_word(m_publishers[index]);
   word.store(make_word(layout::slot_free, generation_of(word.load(std::memory_order_relaxed))),
              std::memory_order_release);
@@ -406,8 +474,13 @@ void ring::unregister_subscriber(std::uint32_t index) noexcept {
              std::memory_order_release);
 }
 
-void ring::park_subscriber(std::uint32_t index) noexcept {
+bool ring::park_subscriber(std::uint32_t index) noexcept {
   shared(m_header->parked_subscribers).fetch_or(std::uint64_t{1} << index, std::memory_order_seq_cst);
+  // A publisher that commits without a fence may have its latest commit
+  // still on its way and have read no parked bit: the heavy barrier settles
+  // it one way or the other before the caller re-reads the ring.
+  if (shared(m_header->unfenced_publishers).load(std::memory_order_seq_cst) == 0) return true;
+  return heavy_barrier();
 }
 void ring::unpark_subscriber(std::uint32_t index) noexcept {
   shared(m_header->parked_subscribers).fetch_and(~(std::uint64_t{1} << index), std::memory_order_relaxed);
@@ -420,12 +493,13 @@ void ring::unpark_publisher(std::uint32_t index) noexcept {
 }
 
 ring_cursor ring::newest() const noexcept {
-  // The two halves are read separately; position only grows, so reading it
-  // again unchanged proves the pair was consistent.
+  // The two halves are read separately. Claims change both at once (CAS)
+  // or the sequence first (a publisher alone); the sequence only grows, so
+  // reading it again unchanged proves the position belongs with it.
   for (;;) {
-    const std::uint64_t p = tail_position();
     const std::uint64_t s = tail_sequence();
-    if (tail_position() == p) return {p, s};
+    const std::uint64_t p = tail_position();
+    if (tail_sequence() == s) return {p, s};
   }
 }
 

@@ -11,10 +11,23 @@
 //   3. block policy: refuse (would_block) while t + need would pass the
 //      slowest active subscriber by more than the capacity;
 //   4. record the intent {t, need} in the publisher's slot, then
-//      16-byte CAS {t, s} -> {t + need, s + 1}; on failure start again;
+//      16-byte CAS {t, s} -> {t + need, s + 1}; on failure start again.
+//      A publisher that is the only active one (active_publishers holds
+//      its bit alone) stores s + 1, then t + need, with plain stores: a
+//      publisher that joins makes sure, before its first claim, that such
+//      a claim is not under way (register_publisher);
 //   5. write the padding frame (if any), then the data frame's header and
 //      payload; store each frame's commit word = position ^ salt last, with
 //      release ordering; clear the intent.
+//
+// Fences. A locked instruction (the CAS, a seq_cst store) makes the
+// publisher wait until its earlier stores, the payload included, have
+// reached the other cores; at one per message that wait is most of the
+// cost of streaming. So a publisher that is alone claims without the CAS,
+// and a publisher that has found no parked subscriber for a while commits
+// with a release store, having announced it in unfenced_publishers; a
+// subscriber that parks then runs the heavy half of an asymmetric barrier
+// (core/process_barrier.hpp) in place of the publisher's fence.
 //
 // Read (one subscriber, its own cursor {position p, sequence q}):
 //
@@ -35,6 +48,7 @@
 #pragma once
 
 #include "core/cas128.hpp"
+#include "core/process_barrier.hpp"
 #include "core/sanitizers.hpp"
 
 #include <shmbus/detail/claim_ticket.hpp>
@@ -151,7 +165,12 @@ class ring {
   // ---- slots -----------------------------------------------------------------
 
   /// Takes a free publisher slot for process `pid` (started at `start_time`);
-  /// returns its index, or -1 if all are taken. Never throws.
+  /// returns its index, or -1 if all are taken. Never throws. If another
+  /// publisher may be claiming alone (without the CAS), runs a heavy barrier
+  /// and waits until that claim, if one is under way, has stored the claim
+  /// word (a few instructions; a dead claimer, by set_liveness's check, is
+  /// not waited for). If the barrier is refused, the slot is given back
+  /// and -2 is returned.
   int register_publisher(std::int32_t pid, std::uint64_t start_time) noexcept;
   void unregister_publisher(std::uint32_t index) noexcept;
 
@@ -174,9 +193,11 @@ class ring {
   /// `publisher_index` is the caller's slot. Never blocks; never throws.
   claim_status try_claim(std::uint32_t length, std::uint32_t publisher_index, claim& out) noexcept;
   /// Publishes a claimed frame (step 5). The data frame's commit word is
-  /// stored seq_cst: with parked_subscribers() after it, this is one half
-  /// of the parking handshake (a subscriber parks, then re-reads the commit
-  /// word seq_cst: either it sees the frame or we see its parked bit).
+  /// stored seq_cst: with take_parked_subscribers() after it, this is one
+  /// half of the parking handshake (a subscriber parks, then re-reads the
+  /// commit word seq_cst: either it sees the frame or we see its parked
+  /// bit). Unfenced, a release store, and the parking subscriber's heavy
+  /// barrier stands in for the fence.
   void commit(const claim& c, std::uint32_t publisher_index) noexcept;
   /// Gives a claim up: it is committed as an aborted frame, which readers
   /// skip without counting it as missed (a loan dropped without commit).
@@ -209,11 +230,18 @@ class ring {
   // block policy use waiting_publishers the same way, rung by subscribers
   // after they free room.
 
-  void park_subscriber(std::uint32_t index) noexcept;
+  /// True if a publisher is now sure to ring this subscriber after its next
+  /// commit. False only if a publisher commits without a fence and the
+  /// heavy barrier was refused: the caller must then sleep for short times.
+  [[nodiscard]] bool park_subscriber(std::uint32_t index) noexcept;
   void unpark_subscriber(std::uint32_t index) noexcept;
-  /// The parked subscribers' bits, cleared by this call: the caller rings
-  /// exactly these. 0, with one load and no write, when nobody is parked.
-  std::uint64_t take_parked_subscribers() noexcept;
+  /// Called by publisher `publisher_index` after each commit: the parked
+  /// subscribers' bits, cleared by this call; the caller rings exactly
+  /// these. 0, with one load and no write, when nobody is parked. Decides
+  /// whether the next commits need a fence (see the top of this file).
+  std::uint64_t take_parked_subscribers(std::uint32_t publisher_index) noexcept;
+  /// True while this publisher commits without a fence (for tests).
+  bool commits_unfenced() const noexcept { return m_unfenced; }
   void park_publisher(std::uint32_t index) noexcept;
   void unpark_publisher(std::uint32_t index) noexcept;
   std::uint64_t take_waiting_publishers() noexcept;
@@ -268,6 +296,16 @@ class ring {
   void commit_as(const claim& c, std::uint32_t publisher_index, std::uint16_t type) noexcept;
   bool unchanged_since(std::uint64_t position, std::uint64_t commit) const noexcept;
   std::uint64_t load_commit(std::uint64_t position) const noexcept;
+  /// Publisher: stores the claim word {position, sequence} -> {position +
+  /// need, sequence + 1}; false if it had changed (the arguments then hold
+  /// its new value). Alone, with plain stores; otherwise by CAS.
+  bool advance_tail(std::uint32_t publisher_index, std::uint64_t& position, std::uint64_t& sequence,
+                    std::uint64_t need) noexcept;
+  /// Switches between fenced and unfenced commits (take_parked_subscribers).
+  void enter_unfenced(std::uint32_t publisher_index) noexcept;
+  void leave_unfenced(std::uint32_t publisher_index) noexcept;
+  /// register_publisher: waits out another publisher's claim without CAS.
+  void wait_for_lone_claim(std::uint32_t other) noexcept;
   /// Block policy: true if a claim ending at `end` keeps within a ring of
   /// the slowest subscriber (the cached limit first).
   bool room_for(std::uint64_t end) noexcept;
@@ -292,6 +330,15 @@ class ring {
   // publisher can reach the frames this reader has not released, so its
   // reads need not look at the tail (a cache line every claim writes).
   bool m_unlappable_reader = false;
+  // Publisher side: this process registered for heavy barriers, so it may
+  // claim alone without the CAS and commit without a fence.
+  bool m_light_barriers = false;
+  bool m_unfenced = false;
+  // Commits in a row that found nobody parked; at unfence_after, stop
+  // fencing. A subscriber that parks meanwhile pays a heavy barrier, which
+  // costs it less than the sleep and wake-up it is about to pay anyway.
+  std::uint32_t m_quiet_commits = 0;
+  static constexpr std::uint32_t unfence_after = 64;
   // Reclaiming dead subscribers from try_claim.
   liveness_check m_alive = nullptr;
   std::uint64_t m_liveness_interval_ns = 0;
@@ -350,8 +397,18 @@ inline void ring::count_delivered(std::uint32_t index, std::uint64_t received, s
   ring_detail::shared(m_subscribers[index].missed).store(missed, std::memory_order_relaxed);
 }
 
-inline std::uint64_t ring::take_parked_subscribers() noexcept {
-  return ring_detail::take_bits(m_header->parked_subscribers);
+inline std::uint64_t ring::take_parked_subscribers(std::uint32_t publisher_index) noexcept {
+  // Unfenced, the commit before and the load below are kept in program
+  // order for the parking subscriber's heavy barrier.
+  light_barrier();
+  const std::uint64_t bits = ring_detail::take_bits(m_header->parked_subscribers);
+  if (bits != 0) [[unlikely]] {
+    m_quiet_commits = 0;
+    if (m_unfenced) leave_unfenced(publisher_index);
+  } else if (!m_unfenced && m_light_barriers && ++m_quiet_commits >= unfence_after) [[unlikely]] {
+    enter_unfenced(publisher_index);
+  }
+  return bits;
 }
 inline std::uint64_t ring::take_waiting_publishers() noexcept {
   return ring_detail::take_bits(m_header->waiting_publishers);
@@ -388,6 +445,34 @@ inline bool ring::room_for(std::uint64_t end) noexcept {
   return refresh_room(end);
 }
 
+inline bool ring::advance_tail(std::uint32_t publisher_index, std::uint64_t& position, std::uint64_t& sequence,
+                               std::uint64_t need) noexcept {
+  if (m_light_barriers) {
+    // The intent above, then this load, in program order: a publisher that
+    // joins (its bit set, then a heavy barrier) either sees the intent or
+    // is seen here.
+    light_barrier();
+    const std::uint64_t others = ring_detail::shared(m_header->active_publishers).load(std::memory_order_acquire) &
+                                 ~(std::uint64_t{1} << publisher_index);
+    if (others == 0) [[likely]] {
+      // Alone. A publisher may have come and gone since the tail was read.
+      const std::uint64_t p = ring_detail::shared(m_header->tail_position).load(std::memory_order_acquire);
+      const std::uint64_t s = ring_detail::shared(m_header->tail_sequence).load(std::memory_order_acquire);
+      if (p != position || s != sequence) {
+        position = p;
+        sequence = s;
+        return false;
+      }
+      // Sequence first: a reader that reads sequence, position, sequence
+      // and sees the sequence unchanged has a consistent pair (newest()).
+      ring_detail::shared(m_header->tail_sequence).store(sequence + 1, std::memory_order_release);
+      ring_detail::shared(m_header->tail_position).store(position + need, std::memory_order_release);
+      return true;
+    }
+  }
+  return cas128(&m_header->tail_position, position, sequence, position + need, sequence + 1);
+}
+
 inline claim_status ring::try_claim(std::uint32_t length, std::uint32_t publisher_index, claim& out) noexcept {
   if (length > m_max_message) return claim_status::too_large;
   const std::uint64_t frame_bytes = layout::frame_size(length);
@@ -404,7 +489,7 @@ inline claim_status ring::try_claim(std::uint32_t length, std::uint32_t publishe
     ring_detail::shared(me.intent_length).store(need, std::memory_order_relaxed);
     ring_detail::shared(me.intent_sequence).store(sequence, std::memory_order_relaxed);
     ring_detail::shared(me.intent_position).store(position, std::memory_order_relaxed);
-    if (cas128(&m_header->tail_position, position, sequence, position + need, sequence + 1)) break;
+    if (advance_tail(publisher_index, position, sequence, need)) break;
   }
   out.claim_position = position;
   out.frame_position = frame_bytes <= room ? position : position + room;
@@ -422,7 +507,9 @@ inline void ring::commit_as(const claim& c, std::uint32_t publisher_index, std::
     store_commit(c.claim_position);
   }
   write_frame_header(c.frame_position, c.length, type, c.sequence, publisher_index);
-  store_commit(c.frame_position, std::memory_order_seq_cst);
+  // seq_cst: the first half of the parking handshake, unless a parking
+  // subscriber runs a heavy barrier for us (unfenced_publishers).
+  store_commit(c.frame_position, m_unfenced ? std::memory_order_release : std::memory_order_seq_cst);
   layout::publisher_slot& me = m_publishers[publisher_index];
   ring_detail::shared(me.intent_position).store(~std::uint64_t{0}, std::memory_order_release);
   // Only the slot's owner writes its counter: no read-modify-write needed.

@@ -71,6 +71,67 @@ TEST_CASE("4 publisher processes, 3 subscriber processes: every message, in orde
   CHECK(sc.ch.stats().published == 4 * per_publisher);
 }
 
+TEST_CASE("publishers that join and leave beside one alone: every message, in order, checked", "[channel][processes]") {
+  // A publisher alone claims without the CAS; each one that joins must
+  // wait out such a claim (docs/LAYOUT.md section 9). Two helpers make a
+  // new publisher every 100 records, while a third publishes throughout.
+  shmbus::channel_options o;
+  o.capacity = 1 << 16;
+  o.max_message = shmbus::test::max_record_length;
+  shared_channel sc("churn", o);
+  const std::uint64_t per = per_publisher / 4;
+  const std::string count = std::to_string(per);
+  helper_process sub({helper_path(), "subscribe", sc.name, "3", count, "0"});
+  REQUIRE(sub.read_line() == "ready");
+  helper_process steady({helper_path(), "publish", sc.name, "0", count});
+  helper_process churn1({helper_path(), "churn", sc.name, "1", count, "100"});
+  helper_process churn2({helper_path(), "churn", sc.name, "2", count, "100"});
+  CHECK(steady.wait() == 0);
+  CHECK(churn1.wait() == 0);
+  CHECK(churn2.wait() == 0);
+  CHECK(sub.wait() == 0);
+  CHECK(sc.ch.stats().published == 3 * per);
+}
+
+TEST_CASE("no wake-up is lost while a streaming publisher commits without fences", "[channel][processes]") {
+  // The helper publishes bursts and waits for an acknowledgement after
+  // each; both sides sleep in pure event mode with no periodic wake-ups,
+  // so a lost wake-up hangs the test. Within a burst the helper pauses
+  // briefly between records, so this subscriber often catches up and
+  // parks just as the publisher, past 64 quiet commits, stops fencing
+  // (docs/LAYOUT.md section 13).
+  shmbus::channel_options o;
+  o.max_message = shmbus::test::max_record_length;
+  shared_channel data("bursts", o);
+  shared_channel acks("acks", o);
+  const std::uint64_t bursts = per_publisher / 250;
+  const std::uint64_t seed = static_cast<std::uint64_t>(::getpid());
+  shmbus::byte_subscriber sub(data.ch, {.spin = 0ns, .liveness_check = std::chrono::hours(24)});
+  helper_process helper({helper_path(), "bursts", data.name, acks.name, "0", std::to_string(bursts), std::to_string(seed)});
+  REQUIRE(helper.read_line() == "ready");
+  shmbus::byte_publisher ack(acks.ch);
+  shmbus::scheduler s;
+  auto receive = [&]() -> task<std::string> {
+    shmbus::test::record_checker check(1);
+    shmbus::test::burst_sizes sizes(seed);
+    std::uint64_t total = 0;
+    for (std::uint64_t b = 0; b < bursts; ++b) {
+      for (std::uint32_t n = sizes(); n > 0; --n, ++total) {
+        auto m = co_await sub.next();
+        if (const char* why = check(m.data)) co_return fmt::format("message {}: {}", total, why);
+      }
+      const std::uint64_t burst = b;
+      co_await ack.publish(std::as_bytes(std::span(&burst, 1)));
+    }
+    co_return fmt::format("{} messages", total);
+  };
+  const std::string outcome = s.run(receive());
+  CHECK(outcome.find("messages") != std::string::npos);
+  INFO(outcome);
+  CHECK(helper.wait() == 0);
+  CHECK(sub.missed() == 0);
+}
+
 TEST_CASE("a SIGKILLed subscriber stops holding a blocked publisher back", "[channel][processes][liveness]") {
   shmbus::channel_options o;
   o.capacity = 4096;

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A passive reader for a live shmbus channel, written from docs/LAYOUT.md alone.
 
-Everything here follows "Channel layout, version 1" (docs/LAYOUT.md); the
+Everything here follows "Channel layout, version 2" (docs/LAYOUT.md); the
 comments cite its sections as "LAYOUT §N".  It uses only the standard
 library: the region is mapped read-only with mmap and every shared word is
 read with one struct.unpack_from('<Q', ...) call, which on CPython for a
@@ -39,7 +39,7 @@ import time
 # --------------------------------------------------------------------------
 
 MAGIC = 0x48435355424D4853          # bytes "SHMBUSCH" in memory order (§3)
-LAYOUT_VERSION = 1                  # the only version this reader implements (§15)
+LAYOUT_VERSION = 2                  # the only version this reader implements (§15)
 KIND_CHANNEL = 1                    # §3
 NONE = 0xFFFF_FFFF_FFFF_FFFF        # 2^64 - 1 (§1)
 U64 = 0xFFFF_FFFF_FFFF_FFFF
@@ -73,7 +73,9 @@ OFF_MAGIC = 0
 OFF_TAIL_POSITION = 256             # the claim word, low half (§9)
 OFF_TAIL_SEQUENCE = 264             # the claim word, high half (§9)
 OFF_PARKED_SUBSCRIBERS = 384
+OFF_UNFENCED_PUBLISHERS = 392
 OFF_ACTIVE_SUBSCRIBERS = 512
+OFF_ACTIVE_PUBLISHERS = 520
 OFF_WAITING_PUBLISHERS = 640
 
 # struct formats given by the document
@@ -322,10 +324,10 @@ class Channel:
     def read_claim_word(self):
         """§9: a consistent (tail_position, tail_sequence) pair without a CAS."""
         while True:
-            p = self.load_u64(OFF_TAIL_POSITION)
             s = self.load_u64(OFF_TAIL_SEQUENCE)
-            p2 = self.load_u64(OFF_TAIL_POSITION)
-            if p2 == p:
+            p = self.load_u64(OFF_TAIL_POSITION)
+            s2 = self.load_u64(OFF_TAIL_SEQUENCE)
+            if s2 == s:
                 return p, s
 
     def tail_position(self):
@@ -336,7 +338,9 @@ class Channel:
     def masks(self):
         return {
             "parked_subscribers": self.load_u64(OFF_PARKED_SUBSCRIBERS),
+            "unfenced_publishers": self.load_u64(OFF_UNFENCED_PUBLISHERS),
             "active_subscribers": self.load_u64(OFF_ACTIVE_SUBSCRIBERS),
+            "active_publishers": self.load_u64(OFF_ACTIVE_PUBLISHERS),
             "waiting_publishers": self.load_u64(OFF_WAITING_PUBLISHERS),
         }
 

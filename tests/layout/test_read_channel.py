@@ -233,7 +233,7 @@ def check_at_tail(ch, reader, label):
 
 
 def check_contract_header(ch, w):
-    check(ch.version == 1 and ch.kind == 1, "version/kind %d/%d" % (ch.version, ch.kind))
+    check(ch.version == rc.LAYOUT_VERSION and ch.kind == 1, "version/kind %d/%d" % (ch.version, ch.kind))
     check(ch.capacity == CONTRACT_CAPACITY, "ring capacity %d, contract says 64 KiB" % ch.capacity)
     check(ch.max_message == CONTRACT_MAX_MESSAGE, "max message %d, contract says 1024" % ch.max_message)
     want_policy = rc.POLICY_BLOCK if w.policy == "block" else rc.POLICY_OVERWRITE
@@ -519,9 +519,10 @@ def case_opener_rejects():
     cases = [
         # label, mutations, check, code, detail
         ("magic-flipped", [(0, Q, rc.MAGIC ^ 1)], 2, rc.REGION_CORRUPT, "not a shmbus channel"),
-        ("version-2", [(8, I, 2)], 3, rc.VERSION_MISMATCH, "layout version 2, this library reads 1"),
+        ("version-1", [(8, I, 1)], 3, rc.VERSION_MISMATCH, "layout version 1, this library reads 2"),
+        ("version-3", [(8, I, 3)], 3, rc.VERSION_MISMATCH, "layout version 3, this library reads 2"),
         ("version-0", [(8, I, 0)], 3, rc.VERSION_MISMATCH, "layout version 0"),
-        ("version-and-kind", [(8, I, 2), (12, I, 2)], 3, rc.VERSION_MISMATCH, "layout version 2"),
+        ("version-and-kind", [(8, I, 3), (12, I, 2)], 3, rc.VERSION_MISMATCH, "layout version 3"),
         ("kind-2", [(12, I, 2)], 4, rc.REGION_CORRUPT, "region kind 2 is not a channel"),
         ("capacity-not-pow2", [(32, Q, 65535)], 5, rc.REGION_CORRUPT, "ring capacity 65535"),
         ("capacity-small", [(32, Q, 2048)], 5, rc.REGION_CORRUPT, "ring capacity 2048"),
@@ -816,7 +817,7 @@ def case_cli():
           % (p.stdout[:200], p.stderr))
     bad = snapshot_file(mutated([(8, "<I", 9)]), "cli-bad")
     p = subprocess.run([sys.executable, me, bad], capture_output=True, timeout=60, text=True)
-    check(p.returncode == 1 and "layout version 9, this library reads 1" in p.stderr,
+    check(p.returncode == 1 and "layout version 9, this library reads 2" in p.stderr,
           "CLI on a bad copy: status %d, %r" % (p.returncode, p.stderr))
 
 

@@ -10,6 +10,16 @@
 //       duplicate, length, checksum and filler bytes. Exits 0 if all good.
 //   channel_helper hold NAME
 //       subscribes, prints "ready", then reads nothing until stdin closes.
+//   channel_helper churn NAME ID COUNT EVERY
+//       publishes COUNT records like publish, through a new publisher every
+//       EVERY records (so the others keep seeing publishers join and leave).
+//   channel_helper bursts NAME ACK_NAME ID BURSTS SEED
+//       subscribes to ACK_NAME (pure event mode, no liveness wake-ups),
+//       prints "ready", then publishes BURSTS bursts of 1..300 records (the
+//       sizes drawn from SEED, as the test draws them), with a short busy
+//       pause of random length after about one record in 32, and after each burst
+//       waits for one message on ACK_NAME. A wake-up lost by either side
+//       hangs both: nothing else would wake them.
 //   channel_helper claim NAME
 //       claims room for one record (a loan), prints "claimed", waits for a
 //       line on stdin, commits it as record {ID 9, sequence 0}, prints
@@ -21,10 +31,12 @@
 
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -55,6 +67,38 @@ void wait_eof() {
 shmbus::task<int> publish(shmbus::byte_publisher& pub, std::uint32_t id, std::uint64_t count) {
   std::vector<std::byte> buffer(max_record_length);
   for (std::uint64_t s = 0; s < count; ++s) co_await pub.publish(make_record(buffer, id, s));
+  co_return 0;
+}
+
+shmbus::task<int> churn(shmbus::channel ch, std::uint32_t id, std::uint64_t count, std::uint64_t every) {
+  std::vector<std::byte> buffer(max_record_length);
+  for (std::uint64_t s = 0; s < count;) {
+    shmbus::byte_publisher pub(ch);
+    for (std::uint64_t k = 0; k < every && s < count; ++k, ++s) co_await pub.publish(make_record(buffer, id, s));
+  }
+  co_return 0;
+}
+
+shmbus::task<int> bursts(shmbus::byte_publisher& pub, shmbus::byte_subscriber& acks, std::uint32_t id,
+                         std::uint64_t count, std::uint64_t seed) {
+  std::vector<std::byte> buffer(max_record_length);
+  burst_sizes sizes(seed);
+  std::minstd_rand pauses(static_cast<std::uint32_t>(seed % 2147483646) + 1);
+  std::uint64_t s = 0;
+  for (std::uint64_t b = 0; b < count; ++b) {
+    for (std::uint32_t n = sizes(); n > 0; --n) {
+      co_await pub.publish(make_record(buffer, id, s++));
+      // Now and then, lets the subscriber catch up and park (mostly after
+      // more than 64 records without a park: the publisher then commits
+      // without fences), at varying moments.
+      std::uint32_t spin = pauses() % 32 == 0 ? pauses() % 20000 : 0;
+      while (spin > 0) {
+        --spin;
+        asm volatile("" : "+r"(spin));  // keeps the loop
+      }
+    }
+    (void)co_await acks.next();
+  }
   co_return 0;
 }
 
@@ -89,6 +133,20 @@ int main(int argc, char** argv) {
       say("ready");
       return s.run(subscribe(sub, static_cast<std::uint32_t>(std::atoi(argv[3])), std::strtoull(argv[4], nullptr, 10)));
     }
+    if (mode == "churn" && argc == 6) {
+      shmbus::scheduler s;
+      return s.run(churn(open_channel(argv[2]), static_cast<std::uint32_t>(std::atoi(argv[3])),
+                         std::strtoull(argv[4], nullptr, 10), std::strtoull(argv[5], nullptr, 10)));
+    }
+    if (mode == "bursts" && argc == 7) {
+      shmbus::scheduler s;
+      shmbus::byte_publisher pub(open_channel(argv[2]));
+      shmbus::byte_subscriber acks(open_channel(argv[3]), {.spin = std::chrono::nanoseconds(0),
+                                                           .liveness_check = std::chrono::hours(24)});
+      say("ready");
+      return s.run(bursts(pub, acks, static_cast<std::uint32_t>(std::atoi(argv[4])), std::strtoull(argv[5], nullptr, 10),
+                          std::strtoull(argv[6], nullptr, 10)));
+    }
     if (mode == "hold" && argc == 3) {
       shmbus::byte_subscriber sub(open_channel(argv[2]));
       say("ready");
@@ -109,7 +167,7 @@ int main(int argc, char** argv) {
       wait_eof();
       return 0;
     }
-    std::fprintf(stderr, "usage: channel_helper publish|subscribe|hold|claim NAME ...\n");
+    std::fprintf(stderr, "usage: channel_helper publish|churn|bursts|subscribe|hold|claim NAME ...\n");
     return 2;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "channel_helper: %s\n", e.what());

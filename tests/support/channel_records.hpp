@@ -33,6 +33,20 @@ inline std::span<const std::byte> make_record(std::vector<std::byte>& buffer, st
   return {buffer.data(), length};
 }
 
+/// The burst sizes of the "bursts" helper, 1..300, drawn from `seed`: the
+/// helper and the test draw the same sequence.
+class burst_sizes {
+ public:
+  explicit burst_sizes(std::uint64_t seed) : m_state(seed * 2 + 1) {}
+  std::uint32_t operator()() {
+    m_state = m_state * 6364136223846793005ull + 1442695040888963407ull;  // 64-bit LCG (Knuth's MMIX)
+    return static_cast<std::uint32_t>((m_state >> 33) % 300) + 1;
+  }
+
+ private:
+  std::uint64_t m_state;
+};
+
 /// Checks records in arrival order; at most 64 publishers.
 class record_checker {
  public:

@@ -356,10 +356,10 @@ TEST_CASE("opening a channel with another type or layout fails with a specific e
 
   auto version = reopen(ch, nullptr);
   auto* header = reinterpret_cast<shmbus::detail::layout::channel_header*>(version.backing().data());
-  std::atomic_ref<std::uint32_t>(header->version).store(2);
+  std::atomic_ref<std::uint32_t>(header->version).store(shmbus::detail::layout::channel_version + 1);
   try {
     reopen(ch, &tick_type);
-    FAIL("attached a version 2 channel");
+    FAIL("attached a channel of the next layout version");
   } catch (const shmbus::error& e) {
     CHECK(e.code() == shmbus::errc::version_mismatch);
   }

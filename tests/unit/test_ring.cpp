@@ -417,3 +417,185 @@ TEST_CASE("threads: under overwrite, a reader never accepts a payload a newer la
   CHECK(torn == 0);
   CHECK(accepted > 0);
 }
+
+// ---- claims without a CAS, commits without a fence ---------------------------------------
+
+namespace {
+
+std::uint64_t header_word(const ring& r, std::uint64_t layout::channel_header::*field) {
+  return std::atomic_ref<std::uint64_t>(r.header().*field).load();
+}
+
+}  // namespace
+
+TEST_CASE("a publisher alone claims without the CAS; one that joins while a loan is out does not wait for it",
+          "[ring]") {
+  test_channel ch(small_ring());
+  ring alone = ch.view;  // each publisher its own view: the mode is per publisher
+  ring joiner = ch.view;
+  ring_cursor cursor;
+  const auto sub = static_cast<std::uint32_t>(ch.view.register_subscriber(::getpid(), 1, false, cursor));
+  const auto a = static_cast<std::uint32_t>(alone.register_publisher(::getpid(), 1));
+  CHECK(header_word(ch.view, &layout::channel_header::active_publishers) == std::uint64_t{1} << a);
+  const bool light = shmbus::detail::enable_light_barriers();
+  CHECK(std::atomic_ref<std::uint32_t>(ch.view.publisher(a).flags).load() ==
+        (light ? layout::publisher_light_barriers : 0u));
+
+  REQUIRE(publish(alone, a, "first") == claim_status::ok);
+  // A claim held open (a loan): the joiner registers on the same thread,
+  // so it must see that the claim word is already past the claim.
+  ring::claim held;
+  REQUIRE(alone.try_claim(6, a, held) == claim_status::ok);
+  const auto b = static_cast<std::uint32_t>(joiner.register_publisher(::getpid(), 1));
+  CHECK(header_word(ch.view, &layout::channel_header::active_publishers) == ((std::uint64_t{1} << a) | (std::uint64_t{1} << b)));
+  REQUIRE(publish(joiner, b, "third") == claim_status::ok);
+  std::memcpy(held.payload, "second", 6);
+  alone.commit(held, a);
+  joiner.unregister_publisher(b);
+  CHECK(header_word(ch.view, &layout::channel_header::active_publishers) == std::uint64_t{1} << a);
+  REQUIRE(publish(alone, a, "fourth") == claim_status::ok);
+
+  for (const char* expected : {"first", "second", "third", "fourth"}) {
+    std::string got;
+    REQUIRE(receive(ch.view, cursor, got) == read_status::ok);
+    CHECK(got == expected);
+  }
+  std::string none;
+  CHECK(receive(ch.view, cursor, none) == read_status::empty);
+  CHECK(ch.view.newest().position == cursor.position);
+  CHECK(ch.view.newest().sequence == 4);
+  ch.view.publish_position(sub, cursor);
+}
+
+TEST_CASE("a publisher stops fencing its commits after 64 with nobody parked, and fences again for a parked subscriber",
+          "[ring]") {
+  test_channel ch(small_ring());
+  ring pub_view = ch.view;
+  ring_cursor cursor;
+  const auto sub = static_cast<std::uint32_t>(ch.view.register_subscriber(::getpid(), 1, false, cursor));
+  const auto pub = static_cast<std::uint32_t>(pub_view.register_publisher(::getpid(), 1));
+  const bool light = shmbus::detail::enable_light_barriers();
+  auto send = [&](int i) {
+    REQUIRE(publish(pub_view, pub, message(i, 8)) == claim_status::ok);
+    const std::uint64_t parked = pub_view.take_parked_subscribers(pub);
+    std::string got;
+    REQUIRE(receive(ch.view, cursor, got) == read_status::ok);
+    ch.view.publish_position(sub, cursor);
+    return parked;
+  };
+  for (int i = 0; i < 63; ++i) CHECK(send(i) == 0);
+  CHECK_FALSE(pub_view.commits_unfenced());
+  CHECK(send(63) == 0);
+  CHECK(pub_view.commits_unfenced() == light);
+  CHECK(header_word(ch.view, &layout::channel_header::unfenced_publishers) == (light ? std::uint64_t{1} << pub : 0));
+
+  // The subscriber parks: it runs the heavy barrier, and the next commit
+  // finds it, rings it and fences again.
+  CHECK(ch.view.park_subscriber(sub));
+  CHECK(send(64) == std::uint64_t{1} << sub);
+  CHECK_FALSE(pub_view.commits_unfenced());
+  CHECK(header_word(ch.view, &layout::channel_header::unfenced_publishers) == 0);
+  CHECK(header_word(ch.view, &layout::channel_header::parked_subscribers) == 0);
+
+  // Unregistering while unfenced clears the bit too.
+  for (int i = 0; i < 64; ++i) send(100 + i);
+  CHECK(pub_view.commits_unfenced() == light);
+  pub_view.unregister_publisher(pub);
+  CHECK(header_word(ch.view, &layout::channel_header::unfenced_publishers) == 0);
+  CHECK(header_word(ch.view, &layout::channel_header::active_publishers) == 0);
+}
+
+TEST_CASE("threads: publishers that come and go beside one that publishes alone lose and reorder nothing",
+          "[ring][threads]") {
+  // One publisher publishes throughout; two others register, publish a
+  // few records and leave, again and again, so the first keeps switching
+  // between claiming alone and claiming by CAS, and between fenced and
+  // unfenced commits.
+  ring_options o = small_ring(layout::policy_block);
+  o.capacity = 1 << 16;
+  test_channel ch(o);
+  constexpr std::uint32_t publishers = 3;
+#ifdef SHMBUS_SANITIZED
+  constexpr std::uint64_t per_publisher = 20'000;
+#else
+  constexpr std::uint64_t per_publisher = 200'000;
+#endif
+  constexpr std::uint64_t per_visit = 50;
+
+  struct record {
+    std::uint32_t publisher;
+    std::uint32_t reserved;
+    std::uint64_t sequence;
+    std::uint64_t checksum;
+  };
+  auto checksum = [](std::uint32_t p, std::uint64_t s) { return (s * 0x9e3779b97f4a7c15ull) ^ p; };
+
+  ring_cursor cursor;
+  const auto sub = static_cast<std::uint32_t>(ch.view.register_subscriber(::getpid(), 1, false, cursor));
+  std::uint64_t bad = 0;
+  std::atomic<bool> failed{false};  // the publishers stop instead of waiting for room forever
+  std::thread reader([&] {
+    ring r = ring::attach(ch.region.bytes(), "test", nullptr);
+    std::array<std::uint64_t, publishers> next{};
+    for (std::uint64_t total = 0; total < publishers * per_publisher;) {
+      ring::frame f;
+      std::uint64_t missed = 0;
+      const auto status = r.try_read(cursor, f, missed);
+      if (status == read_status::empty) {
+        std::this_thread::yield();
+        continue;
+      }
+      record rec{};
+      if (status == read_status::ok && f.payload.size() == sizeof rec) std::memcpy(&rec, f.payload.data(), sizeof rec);
+      if (status != read_status::ok || f.payload.size() != sizeof rec || missed != 0 || rec.publisher >= publishers ||
+          rec.sequence != next[rec.publisher] || rec.checksum != checksum(rec.publisher, rec.sequence)) {
+        ++bad;
+        failed.store(true);
+        break;
+      }
+      ++next[rec.publisher];
+      ring::advance(cursor, f);
+      r.publish_position(sub, cursor);
+      ++total;
+    }
+  });
+  auto publish_records = [&](ring& r, std::uint32_t slot, std::uint32_t id, std::uint64_t from, std::uint64_t to) {
+    for (std::uint64_t s = from; s < to;) {
+      ring::claim c;
+      const auto status = r.try_claim(sizeof(record), slot, c);
+      if (status == claim_status::would_block) {
+        if (failed.load()) return;
+        std::this_thread::yield();
+        continue;
+      }
+      if (status != claim_status::ok) std::abort();  // a record always fits: a broken ring
+      const record rec{id, 0, s, checksum(id, s)};
+      std::memcpy(c.payload, &rec, sizeof rec);
+      r.commit(c, slot);
+      (void)r.take_parked_subscribers(slot);
+      ++s;
+    }
+  };
+  std::vector<std::thread> threads;
+  threads.emplace_back([&] {
+    ring r = ring::attach(ch.region.bytes(), "test", nullptr);
+    const auto slot = static_cast<std::uint32_t>(r.register_publisher(::getpid(), 1));
+    publish_records(r, slot, 0, 0, per_publisher);
+    r.unregister_publisher(slot);
+  });
+  for (std::uint32_t id = 1; id < publishers; ++id) {
+    threads.emplace_back([&, id] {
+      for (std::uint64_t s = 0; s < per_publisher; s += per_visit) {
+        ring r = ring::attach(ch.region.bytes(), "test", nullptr);
+        const int slot = r.register_publisher(::getpid(), 1);
+        if (slot < 0) std::abort();
+        publish_records(r, static_cast<std::uint32_t>(slot), id, s, std::min(s + per_visit, per_publisher));
+        r.unregister_publisher(static_cast<std::uint32_t>(slot));
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  reader.join();
+  CHECK(bad == 0);
+  CHECK(cursor.sequence == publishers * per_publisher);
+}

@@ -1,4 +1,4 @@
-// The byte layout of a channel region, version 1. docs/LAYOUT.md describes
+// The byte layout of a channel region, version 2. docs/LAYOUT.md describes
 // the same thing in prose, precisely enough for a reader in another
 // language; the static_asserts below pin every offset it names.
 //
@@ -26,7 +26,7 @@ namespace shmbus::detail::layout {
 /// "SHMBUSCH" read as a little-endian u64; written last when a channel is
 /// created (release), so a reader that sees it sees an initialised header.
 inline constexpr std::uint64_t channel_magic = 0x48435355424d4853ull;
-inline constexpr std::uint32_t channel_version = 1;
+inline constexpr std::uint32_t channel_version = 2;
 inline constexpr std::uint32_t kind_channel = 1;
 
 inline constexpr std::size_t cache_line = 64;
@@ -60,6 +60,11 @@ inline constexpr std::uint32_t slot_free = 0;
 inline constexpr std::uint32_t slot_active = 1;
 inline constexpr std::uint32_t slot_reclaiming = 2;  ///< its owner died; being freed
 
+/// publisher_slot::flags: the owner's process registered for heavy
+/// barriers, so it may claim without a CAS while it is the only publisher
+/// and commit without a fence (see docs/LAYOUT.md §9 and §13).
+inline constexpr std::uint32_t publisher_light_barriers = 1;
+
 /// The first page of a channel region.
 struct channel_header {
   // --- written once by the creator, read-only afterwards -----------------
@@ -86,16 +91,20 @@ struct channel_header {
   std::byte reserved1[256 - 168];        // 168
 
   // --- written by publishers ----------------------------------------------
-  // The claim word: one 16-byte compare-and-swap advances both halves.
+  // The claim word: one 16-byte compare-and-swap advances both halves; a
+  // publisher that is alone stores tail_sequence, then tail_position.
   alignas(16) std::uint64_t tail_position;  // 256  end of the last claimed frame
   std::uint64_t tail_sequence;              // 264  number of data frames claimed
   std::byte reserved2[128 - 16];            // 272
 
-  // --- bit i belongs to subscriber slot i -----------------------------------
+  // --- bit i belongs to subscriber slot i (the second word of each line:
+  // --- bit i belongs to publisher slot i) ---------------------------------
   std::uint64_t parked_subscribers;         // 384  asleep on their doorbell
-  std::byte reserved3[128 - 8];             // 392
+  std::uint64_t unfenced_publishers;        // 392  committing without a fence
+  std::byte reserved3[128 - 16];            // 400
   std::uint64_t active_subscribers;         // 512  slot in use
-  std::byte reserved4[128 - 8];             // 520
+  std::uint64_t active_publishers;          // 520  slot in use
+  std::byte reserved4[128 - 16];            // 528
 
   // --- bit i belongs to publisher slot i -------------------------------------
   std::uint64_t waiting_publishers;         // 640  asleep waiting for room (block policy)
@@ -107,7 +116,7 @@ struct alignas(8) publisher_slot {
   std::uint32_t state;            //  0  slot_free / slot_active / slot_reclaiming
   std::uint32_t generation;       //  4  incremented each time the slot is taken
   std::int32_t pid;               //  8  owner's pid ...
-  std::uint32_t reserved0;        // 12
+  std::uint32_t flags;            // 12  publisher_light_barriers, or 0
   std::uint64_t start_time;       // 16  ... and its start time (/proc/<pid>/stat field 22)
   std::uint64_t intent_position;  // 24  position being claimed, ~0 when none
   std::uint64_t intent_length;    // 32  bytes being claimed (padding included)
@@ -156,9 +165,12 @@ static_assert(offsetof(channel_header, commit_salt) == 144);
 static_assert(offsetof(channel_header, tail_position) == 256);
 static_assert(offsetof(channel_header, tail_sequence) == 264);
 static_assert(offsetof(channel_header, parked_subscribers) == 384);
+static_assert(offsetof(channel_header, unfenced_publishers) == 392);
 static_assert(offsetof(channel_header, active_subscribers) == 512);
+static_assert(offsetof(channel_header, active_publishers) == 520);
 static_assert(offsetof(channel_header, waiting_publishers) == 640);
 static_assert(sizeof(publisher_slot) == publisher_slot_size);
+static_assert(offsetof(publisher_slot, flags) == 12);
 static_assert(offsetof(publisher_slot, intent_position) == 24);
 static_assert(sizeof(subscriber_slot) == subscriber_slot_size);
 static_assert(offsetof(subscriber_slot, position) == 64);
