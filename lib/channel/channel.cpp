@@ -129,6 +129,9 @@ struct publisher_core {
         subscriber_bells(frames.subscriber_slots()) {
     const process_identity me = process_identity::self();
     frames.set_liveness(&alive, options.liveness_check);
+    // A dead publisher's slot would keep this one claiming by CAS (and
+    // joining by heavy barrier) for good: free such slots first.
+    frames.reclaim_dead_publishers(&alive);
     const int slot = frames.register_publisher(me.pid, me.start_time);
     if (slot == -2)
       throw error(errc::not_supported, "publisher", channel->name,
@@ -297,6 +300,9 @@ struct subscriber_core {
     const std::uint64_t p = cursor.position;
     if (frames.tail_position() <= p) {
       stall_position = ~std::uint64_t{0};
+      // A publisher that died without fences would make every park pay a
+      // heavy barrier until its slot is freed.
+      if (frames.has_unfenced_publishers()) frames.reclaim_dead_publishers(&alive);
       return;
     }
     const auto now = std::chrono::steady_clock::now();

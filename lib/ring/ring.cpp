@@ -329,7 +329,8 @@ ring::repair_status ring::try_repair(std::uint64_t position, liveness_check aliv
     // the claim that won: an intent whose CAS failed names another length.
     const std::uint64_t end = start + l;
     const bool plausible = l >= layout::frame_header_size && l % layout::frame_alignment == 0 && end <= tail &&
-                           end > position && (l <= room || l - room <= layout::frame_size(m_max_message)) &&
+                           end > position &&
+                           (l <= room || l - room <= layout::frame_size(layout::lead_bytes + m_max_message)) &&
                            (end == tail || load_commit(end) == (end ^ m_salt));
     if (!plausible) continue;
     ++dead_candidates;
@@ -371,7 +372,8 @@ int ring::register_publisher(std::int32_t pid, std::uint64_t start_time) noexcep
     shared(slot.published).store(0, std::memory_order_relaxed);
     shared(slot.intent_position).store(~std::uint64_t{0}, std::memory_order_release);
     m_light_barriers = enable_light_barriers();
-    shared(slot.flags).store(m_light_barriers ? layout::publisher_light_barriers : 0, std::memory_order_relaxed);
+    m_lone_claims = m_light_barriers && store128_is_atomic();
+    shared(slot.flags).store(m_lone_claims ? layout::publisher_lone_claims : 0, std::memory_order_relaxed);
     const std::uint64_t bit = std::uint64_t{1} << i;
     // seq_cst: from here on, a publisher that claims alone sees this bit
     // in its next claim, or (light barrier) we wait its claim out below.
@@ -380,7 +382,7 @@ int ring::register_publisher(std::int32_t pid, std::uint64_t start_time) noexcep
     for (std::uint64_t rest = others; rest != 0; rest &= rest - 1) {
       const auto j = static_cast<std::uint32_t>(std::countr_zero(rest));
       if (j < m_publisher_slots && (shared(m_publishers[j].flags).load(std::memory_order_relaxed) &
-                                    layout::publisher_light_barriers) != 0)
+                                    layout::publisher_lone_claims) != 0)
         light |= std::uint64_t{1} << j;
     }
     if (light == 0) return static_cast<int>(i);
@@ -396,24 +398,29 @@ int ring::register_publisher(std::int32_t pid, std::uint64_t start_time) noexcep
 
 void ring::wait_for_lone_claim(std::uint32_t other) noexcept {
   // After the heavy barrier, `other` claims with the CAS from its next
-  // claim on. One it began before, with its intent stored, may still be
-  // about to store the claim word plainly: wait until the claim word has
-  // reached the intent's end, or the intent changed (committed, or retried
-  // and so after the barrier), or its process is gone.
-  const layout::publisher_slot& slot = m_publishers[other];
-  const std::uint64_t position = shared(slot.intent_position).load(std::memory_order_acquire);
-  const std::uint64_t length = shared(slot.intent_length).load(std::memory_order_acquire);
+  // claim on. One it began before, its intent stored, may still be about to
+  // store the claim word without the CAS, and only while the claim word
+  // still reads as the intent's position (it re-reads it just before). So
+  // wait until the claim word moved, or the intent changed (the claim was
+  // committed, refused, or retried after the barrier), or its process died.
+  layout::publisher_slot& slot = m_publishers[other];
+  std::uint64_t position = shared(slot.intent_position).load(std::memory_order_acquire);
+  if (position == ~std::uint64_t{0}) return;
   auto settled = [&] {
     return shared(slot.intent_position).load(std::memory_order_acquire) != position ||
-           tail_position() >= position + length;
+           tail_position() != position;
   };
-  if (position == ~std::uint64_t{0}) return;
   for (std::uint32_t turn = 0; !settled(); ++turn) {
     if (turn < 1024) continue;
-    // Only preempted (or stopped) between two stores: yield to it, and
-    // give up on it once it is dead.
+    // Preempted (or stopped) between its re-read and its store: yield to
+    // it. If it died there, its intent names a claim never made: clear it,
+    // or a repairer could one day take it for the claim of the publisher
+    // that claims that position next.
     const slot_owner o = publisher_owner(other);
-    if (m_alive != nullptr && !m_alive(o.pid, o.start_time)) return;
+    if (m_alive != nullptr && !m_alive(o.pid, o.start_time)) {
+      shared(slot.intent_position).compare_exchange_strong(position, ~std::uint64_t{0}, std::memory_order_acq_rel);
+      return;
+    }
     ::sched_yield();
   }
 }
@@ -493,9 +500,10 @@ void ring::unpark_publisher(std::uint32_t index) noexcept {
 }
 
 ring_cursor ring::newest() const noexcept {
-  // The two halves are read separately. Claims change both at once (CAS)
-  // or the sequence first (a publisher alone); the sequence only grows, so
-  // reading it again unchanged proves the position belongs with it.
+  // The two halves are read separately; every claim changes both with one
+  // 16-byte write (a CAS, or a lone publisher's atomic store), and the
+  // sequence only grows, so reading it again unchanged proves the position
+  // belongs with it.
   for (;;) {
     const std::uint64_t s = tail_sequence();
     const std::uint64_t p = tail_position();

@@ -5,7 +5,8 @@
 // Claim and commit (any number of publishers, in any processes):
 //
 //   1. read the claim word {tail_position t, tail_sequence s};
-//   2. the frame needs f = frame_size(length) bytes; if it does not fit
+//   2. the frame needs f = frame_size(lead + length) bytes (lead: 32 filler
+//      bytes that put a large payload on a 64-byte boundary); if it does not fit
 //      before the end of the ring, the claim also takes the rest of the ring
 //      for a padding frame: need = room + f;
 //   3. block policy: refuse (would_block) while t + need would pass the
@@ -166,11 +167,11 @@ class ring {
 
   /// Takes a free publisher slot for process `pid` (started at `start_time`);
   /// returns its index, or -1 if all are taken. Never throws. If another
-  /// publisher may be claiming alone (without the CAS), runs a heavy barrier
-  /// and waits until that claim, if one is under way, has stored the claim
-  /// word (a few instructions; a dead claimer, by set_liveness's check, is
-  /// not waited for). If the barrier is refused, the slot is given back
-  /// and -2 is returned.
+  /// active publisher is allowed to claim alone without the CAS (its slot's
+  /// flags say so), runs a heavy barrier and waits until that publisher's
+  /// claim in flight, if any, has stored the claim word (a few instructions;
+  /// a dead claimer, by set_liveness's check, is not waited for). If the
+  /// barrier is refused, the slot is given back and -2 is returned.
   int register_publisher(std::int32_t pid, std::uint64_t start_time) noexcept;
   void unregister_publisher(std::uint32_t index) noexcept;
 
@@ -242,6 +243,9 @@ class ring {
   std::uint64_t take_parked_subscribers(std::uint32_t publisher_index) noexcept;
   /// True while this publisher commits without a fence (for tests).
   bool commits_unfenced() const noexcept { return m_unfenced; }
+  /// True if some publisher commits without a fence: parking costs a heavy
+  /// barrier meanwhile (a dead one's bit stays until its slot is reclaimed).
+  bool has_unfenced_publishers() const noexcept;
   void park_publisher(std::uint32_t index) noexcept;
   void unpark_publisher(std::uint32_t index) noexcept;
   std::uint64_t take_waiting_publishers() noexcept;
@@ -291,7 +295,7 @@ class ring {
     return *reinterpret_cast<layout::frame_header*>(m_ring + (position & m_mask));
   }
   void write_frame_header(std::uint64_t position, std::uint32_t length, std::uint16_t type,
-                          std::uint64_t sequence, std::uint32_t publisher_index) noexcept;
+                          std::uint64_t sequence, std::uint32_t publisher_index, std::uint32_t lead = 0) noexcept;
   void store_commit(std::uint64_t position, std::memory_order order = std::memory_order_release) noexcept;
   void commit_as(const claim& c, std::uint32_t publisher_index, std::uint16_t type) noexcept;
   bool unchanged_since(std::uint64_t position, std::uint64_t commit) const noexcept;
@@ -331,8 +335,10 @@ class ring {
   // reads need not look at the tail (a cache line every claim writes).
   bool m_unlappable_reader = false;
   // Publisher side: this process registered for heavy barriers, so it may
-  // claim alone without the CAS and commit without a fence.
+  // commit without a fence, and, where a 16-byte store is atomic, claim
+  // alone without the CAS.
   bool m_light_barriers = false;
+  bool m_lone_claims = false;
   bool m_unfenced = false;
   // Commits in a row that found nobody parked; at unfence_after, stop
   // fencing. A subscriber that parks meanwhile pays a heavy barrier, which
@@ -376,6 +382,10 @@ inline std::uint64_t take_bits(std::uint64_t& w) noexcept {
 
 }  // namespace ring_detail
 
+inline bool ring::has_unfenced_publishers() const noexcept {
+  return ring_detail::shared(m_header->unfenced_publishers).load(std::memory_order_relaxed) != 0;
+}
+
 inline std::uint64_t ring::tail_position() const noexcept {
   return ring_detail::shared(m_header->tail_position).load(std::memory_order_acquire);
 }
@@ -415,7 +425,8 @@ inline std::uint64_t ring::take_waiting_publishers() noexcept {
 }
 
 inline void ring::write_frame_header(std::uint64_t position, std::uint32_t length, std::uint16_t type,
-                                     std::uint64_t sequence, std::uint32_t publisher_index) noexcept {
+                                     std::uint64_t sequence, std::uint32_t publisher_index,
+                                     std::uint32_t lead) noexcept {
   // Relaxed atomics: under the overwrite policy a lapped reader may read
   // these while we write them (and then discards what it read).
   layout::frame_header& f = frame_at(position);
@@ -423,6 +434,7 @@ inline void ring::write_frame_header(std::uint64_t position, std::uint32_t lengt
   ring_detail::shared(f.type).store(type, std::memory_order_relaxed);
   ring_detail::shared(f.publisher).store(static_cast<std::uint16_t>(publisher_index), std::memory_order_relaxed);
   ring_detail::shared(f.sequence).store(sequence, std::memory_order_relaxed);
+  ring_detail::shared(f.lead).store(lead, std::memory_order_relaxed);
 }
 
 inline void ring::store_commit(std::uint64_t position, std::memory_order order) noexcept {
@@ -447,7 +459,7 @@ inline bool ring::room_for(std::uint64_t end) noexcept {
 
 inline bool ring::advance_tail(std::uint32_t publisher_index, std::uint64_t& position, std::uint64_t& sequence,
                                std::uint64_t need) noexcept {
-  if (m_light_barriers) {
+  if (m_lone_claims) {
     // The intent above, then this load, in program order: a publisher that
     // joins (its bit set, then a heavy barrier) either sees the intent or
     // is seen here.
@@ -463,10 +475,9 @@ inline bool ring::advance_tail(std::uint32_t publisher_index, std::uint64_t& pos
         sequence = s;
         return false;
       }
-      // Sequence first: a reader that reads sequence, position, sequence
-      // and sees the sequence unchanged has a consistent pair (newest()).
-      ring_detail::shared(m_header->tail_sequence).store(sequence + 1, std::memory_order_release);
-      ring_detail::shared(m_header->tail_position).store(position + need, std::memory_order_release);
+      // One 16-byte store, like the CAS: no reader (and no process that
+      // dies here) ever sees half of it.
+      store128(&m_header->tail_position, position + need, sequence + 1);
       return true;
     }
   }
@@ -475,15 +486,27 @@ inline bool ring::advance_tail(std::uint32_t publisher_index, std::uint64_t& pos
 
 inline claim_status ring::try_claim(std::uint32_t length, std::uint32_t publisher_index, claim& out) noexcept {
   if (length > m_max_message) return claim_status::too_large;
-  const std::uint64_t frame_bytes = layout::frame_size(length);
   layout::publisher_slot& me = m_publishers[publisher_index];
   std::uint64_t position = ring_detail::shared(m_header->tail_position).load(std::memory_order_acquire);
   std::uint64_t sequence = ring_detail::shared(m_header->tail_sequence).load(std::memory_order_acquire);
   std::uint64_t room;
+  std::uint64_t frame_bytes;
+  std::uint32_t lead;
   for (;;) {
     room = m_capacity - (position & m_mask);
+    lead = layout::lead_for(position, length);
+    frame_bytes = layout::frame_size(lead + length);
+    if (frame_bytes > room) {  // the frame goes to the start of the next lap
+      lead = layout::lead_for(position + room, length);
+      frame_bytes = layout::frame_size(lead + length);
+    }
     const std::uint64_t need = frame_bytes <= room ? frame_bytes : room + frame_bytes;
-    if (m_policy == layout::policy_block && !room_for(position + need)) return claim_status::would_block;
+    if (m_policy == layout::policy_block && !room_for(position + need)) [[unlikely]] {
+      // An intent left from an earlier turn would name a claim that will
+      // never be made; a joining publisher would wait for it (ring.cpp).
+      ring_detail::shared(me.intent_position).store(~std::uint64_t{0}, std::memory_order_release);
+      return claim_status::would_block;
+    }
     // The intent lets a repairer find the length of a claim whose writer
     // died before writing a header. Ordered before the claim by the CAS.
     ring_detail::shared(me.intent_length).store(need, std::memory_order_relaxed);
@@ -495,7 +518,8 @@ inline claim_status ring::try_claim(std::uint32_t length, std::uint32_t publishe
   out.frame_position = frame_bytes <= room ? position : position + room;
   out.sequence = sequence;
   out.length = length;
-  out.payload = m_ring + (out.frame_position & m_mask) + layout::frame_header_size;
+  out.lead = lead;
+  out.payload = m_ring + (out.frame_position & m_mask) + layout::frame_header_size + lead;
   return claim_status::ok;
 }
 
@@ -506,7 +530,7 @@ inline void ring::commit_as(const claim& c, std::uint32_t publisher_index, std::
                        layout::frame_padding, c.sequence, publisher_index);
     store_commit(c.claim_position);
   }
-  write_frame_header(c.frame_position, c.length, type, c.sequence, publisher_index);
+  write_frame_header(c.frame_position, c.length, type, c.sequence, publisher_index, c.lead);
   // seq_cst: the first half of the parking handshake, unless a parking
   // subscriber runs a heavy barrier for us (unfenced_publishers).
   store_commit(c.frame_position, m_unfenced ? std::memory_order_release : std::memory_order_seq_cst);
@@ -569,22 +593,25 @@ inline read_status ring::try_read(ring_cursor& cursor, frame& out, std::uint64_t
     const std::uint32_t length = ring_detail::shared(f.length).load(std::memory_order_relaxed);
     const std::uint16_t type = ring_detail::shared(f.type).load(std::memory_order_relaxed);
     const std::uint64_t sequence = ring_detail::shared(f.sequence).load(std::memory_order_relaxed);
+    const std::uint32_t lead = ring_detail::shared(f.lead).load(std::memory_order_relaxed);
     const std::uint64_t offset = p & m_mask;
-    const std::uint64_t size = layout::frame_size(length);
+    const std::uint64_t size = layout::frame_size(std::uint64_t{lead} + length);
     // Under the overwrite policy these fields may already belong to a newer
     // lap: a writer that has claimed but not yet committed over them leaves
     // the old commit word in place, so check the tail too (still_valid).
     if (!m_unlappable_reader && !unchanged_since(p, commit)) continue;
-    if (type == layout::frame_data && length <= m_max_message && offset + size <= m_capacity) [[likely]] {
-      out.payload = {m_ring + offset + layout::frame_header_size, length};
+    if (type == layout::frame_data && length <= m_max_message && (lead == 0 || lead == layout::lead_bytes) &&
+        offset + size <= m_capacity) [[likely]] {
+      out.payload = {m_ring + offset + layout::frame_header_size + lead, length};
       out.position = p;
       out.sequence = sequence;
       out.next_position = p + size;
       if (cursor.sequence != unknown_sequence && sequence > cursor.sequence) missed = sequence - cursor.sequence;
       return read_status::ok;
     }
+    if (lead > layout::lead_bytes) return read_status::corrupt;
     if (type == layout::frame_padding) {
-      if (offset + layout::frame_header_size + length != m_capacity) return read_status::corrupt;
+      if (lead != 0 || offset + layout::frame_header_size + length != m_capacity) return read_status::corrupt;
       cursor.position = p + (m_capacity - offset);
       continue;
     }

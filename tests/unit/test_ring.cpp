@@ -437,9 +437,8 @@ TEST_CASE("a publisher alone claims without the CAS; one that joins while a loan
   const auto sub = static_cast<std::uint32_t>(ch.view.register_subscriber(::getpid(), 1, false, cursor));
   const auto a = static_cast<std::uint32_t>(alone.register_publisher(::getpid(), 1));
   CHECK(header_word(ch.view, &layout::channel_header::active_publishers) == std::uint64_t{1} << a);
-  const bool light = shmbus::detail::enable_light_barriers();
-  CHECK(std::atomic_ref<std::uint32_t>(ch.view.publisher(a).flags).load() ==
-        (light ? layout::publisher_light_barriers : 0u));
+  const bool lone = shmbus::detail::enable_light_barriers() && shmbus::detail::store128_is_atomic();
+  CHECK(std::atomic_ref<std::uint32_t>(ch.view.publisher(a).flags).load() == (lone ? layout::publisher_lone_claims : 0u));
 
   REQUIRE(publish(alone, a, "first") == claim_status::ok);
   // A claim held open (a loan): the joiner registers on the same thread,
@@ -598,4 +597,43 @@ TEST_CASE("threads: publishers that come and go beside one that publishes alone 
   reader.join();
   CHECK(bad == 0);
   CHECK(cursor.sequence == publishers * per_publisher);
+}
+
+TEST_CASE("payloads of 256 bytes or more start on a 64-byte boundary; a frame with a bad lead is corrupt", "[ring]") {
+  ring_options o = small_ring();
+  o.capacity = 1 << 16;
+  o.max_message = 4096;
+  test_channel ch(o);
+  ring& r = ch.view;
+  const auto pub = static_cast<std::uint32_t>(r.register_publisher(::getpid(), 1));
+  ring_cursor cursor;
+  const auto sub = static_cast<std::uint32_t>(r.register_subscriber(::getpid(), 1, false, cursor));
+  // Lengths that leave the next frame at either half of a cache line, for
+  // several laps (wraps put data frames at lap boundaries).
+  std::uint64_t aligned = 0;
+  for (int i = 0; i < 400; ++i) {
+    const std::uint32_t length = (i % 3 == 0) ? 100 : 200 + static_cast<std::uint32_t>(i * 37 % 3900);
+    ring::claim c;
+    REQUIRE(r.try_claim(length, pub, c) == claim_status::ok);
+    if (length >= layout::lead_from) {
+      CHECK(reinterpret_cast<std::uintptr_t>(c.payload) % layout::payload_alignment == 0);
+      ++aligned;
+    }
+    const std::string sent = message(i, length);
+    std::memcpy(c.payload, sent.data(), length);
+    r.commit(c, pub);
+    std::string got;
+    REQUIRE(receive(r, cursor, got) == read_status::ok);
+    REQUIRE(got == sent);
+    r.publish_position(sub, cursor);
+  }
+  CHECK(aligned > 200);
+
+  // A lead that is neither 0 nor 32 makes the frame corrupt.
+  REQUIRE(publish(r, pub, message(1, 300)) == claim_status::ok);
+  auto& header = *reinterpret_cast<layout::frame_header*>(ch.region.bytes().data() + r.header().ring_offset +
+                                                          (cursor.position & (r.capacity() - 1)));
+  std::atomic_ref<std::uint32_t>(header.lead).store(48);
+  std::string got;
+  CHECK(receive(r, cursor, got) == read_status::corrupt);
 }

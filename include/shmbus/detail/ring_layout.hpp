@@ -38,6 +38,12 @@ inline constexpr std::uint32_t max_subscribers = 64;  // likewise
 
 inline constexpr std::size_t frame_header_size = 32;
 inline constexpr std::size_t frame_alignment = 32;
+/// A data frame of at least lead_from payload bytes that would start its
+/// payload off a 64-byte boundary puts `lead` = 32 filler bytes before it,
+/// so that copies in and out of the ring move whole cache lines.
+inline constexpr std::uint32_t lead_bytes = 32;
+inline constexpr std::uint32_t lead_from = 256;
+inline constexpr std::size_t payload_alignment = 64;
 inline constexpr std::uint64_t min_capacity = 4096;
 inline constexpr std::uint64_t max_capacity = std::uint64_t{1} << 40;
 
@@ -60,10 +66,10 @@ inline constexpr std::uint32_t slot_free = 0;
 inline constexpr std::uint32_t slot_active = 1;
 inline constexpr std::uint32_t slot_reclaiming = 2;  ///< its owner died; being freed
 
-/// publisher_slot::flags: the owner's process registered for heavy
-/// barriers, so it may claim without a CAS while it is the only publisher
-/// and commit without a fence (see docs/LAYOUT.md §9 and §13).
-inline constexpr std::uint32_t publisher_light_barriers = 1;
+/// publisher_slot::flags: the owner may claim with a plain 16-byte store
+/// while it is the only publisher (docs/LAYOUT.md §9): a publisher that
+/// joins must run a heavy barrier and wait out its claim in flight.
+inline constexpr std::uint32_t publisher_lone_claims = 1;
 
 /// The first page of a channel region.
 struct channel_header {
@@ -91,8 +97,8 @@ struct channel_header {
   std::byte reserved1[256 - 168];        // 168
 
   // --- written by publishers ----------------------------------------------
-  // The claim word: one 16-byte compare-and-swap advances both halves; a
-  // publisher that is alone stores tail_sequence, then tail_position.
+  // The claim word: one 16-byte compare-and-swap advances both halves (a
+  // publisher that is alone: one atomic 16-byte store).
   alignas(16) std::uint64_t tail_position;  // 256  end of the last claimed frame
   std::uint64_t tail_sequence;              // 264  number of data frames claimed
   std::byte reserved2[128 - 16];            // 272
@@ -116,7 +122,7 @@ struct alignas(8) publisher_slot {
   std::uint32_t state;            //  0  slot_free / slot_active / slot_reclaiming
   std::uint32_t generation;       //  4  incremented each time the slot is taken
   std::int32_t pid;               //  8  owner's pid ...
-  std::uint32_t flags;            // 12  publisher_light_barriers, or 0
+  std::uint32_t flags;            // 12  publisher_lone_claims, or 0
   std::uint64_t start_time;       // 16  ... and its start time (/proc/<pid>/stat field 22)
   std::uint64_t intent_position;  // 24  position being claimed, ~0 when none
   std::uint64_t intent_length;    // 32  bytes being claimed (padding included)
@@ -143,15 +149,16 @@ struct alignas(8) subscriber_slot {
   std::byte reserved2[128 - 80];  //  80
 };
 
-/// The header of every frame in the ring; payload follows at +32, and the
-/// next frame starts at align(position + 32 + length, 32). A frame never
-/// wraps: a padding frame fills the end of the ring instead.
+/// The header of every frame in the ring; payload follows at +32 + lead,
+/// and the next frame starts at align(position + 32 + lead + length, 32).
+/// A frame never wraps: a padding frame fills the end of the ring instead.
 struct frame_header {
   std::uint32_t length;    //  0  payload bytes (padding: bytes after the header)
   std::uint16_t type;      //  4  frame_data / frame_padding
   std::uint16_t publisher; //  6  publisher slot index (diagnostics)
   std::uint64_t sequence;  //  8  data: number of data frames claimed before it
-  std::uint64_t reserved;  // 16
+  std::uint32_t lead;      // 16  filler bytes between header and payload: 0 or lead_bytes
+  std::uint32_t reserved;  // 20
   /// position ^ commit_salt, stored last with release ordering: a reader at
   /// `position` that acquires this value sees the whole frame. Any other
   /// value means "not (yet) written for this lap".
@@ -175,11 +182,17 @@ static_assert(offsetof(publisher_slot, intent_position) == 24);
 static_assert(sizeof(subscriber_slot) == subscriber_slot_size);
 static_assert(offsetof(subscriber_slot, position) == 64);
 static_assert(sizeof(frame_header) == frame_header_size);
+static_assert(offsetof(frame_header, lead) == 16);
 static_assert(offsetof(frame_header, commit) == 24);
 
-/// Frame size for a payload of `length` bytes.
+/// Frame size for a payload of `length` bytes (with its lead, if any).
 constexpr std::uint64_t frame_size(std::uint64_t length) noexcept {
   return (frame_header_size + length + frame_alignment - 1) & ~std::uint64_t{frame_alignment - 1};
+}
+
+/// The lead of a data frame at `position` with `length` payload bytes.
+constexpr std::uint32_t lead_for(std::uint64_t position, std::uint64_t length) noexcept {
+  return length >= lead_from && (position + frame_header_size) % payload_alignment != 0 ? lead_bytes : 0;
 }
 
 }  // namespace shmbus::detail::layout
