@@ -329,8 +329,7 @@ ring::repair_status ring::try_repair(std::uint64_t position, liveness_check aliv
     // the claim that won: an intent whose CAS failed names another length.
     const std::uint64_t end = start + l;
     const bool plausible = l >= layout::frame_header_size && l % layout::frame_alignment == 0 && end <= tail &&
-                           end > position &&
-                           (l <= room || l - room <= layout::frame_size(layout::lead_bytes + m_max_message)) &&
+                           end > position && (l <= room || l - room <= layout::frame_size(m_max_message)) &&
                            (end == tail || load_commit(end) == (end ^ m_salt));
     if (!plausible) continue;
     ++dead_candidates;

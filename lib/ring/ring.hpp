@@ -5,8 +5,7 @@
 // Claim and commit (any number of publishers, in any processes):
 //
 //   1. read the claim word {tail_position t, tail_sequence s};
-//   2. the frame needs f = frame_size(lead + length) bytes (lead: 32 filler
-//      bytes that put a large payload on a 64-byte boundary); if it does not fit
+//   2. the frame needs f = frame_size(length) bytes; if it does not fit
 //      before the end of the ring, the claim also takes the rest of the ring
 //      for a padding frame: need = room + f;
 //   3. block policy: refuse (would_block) while t + need would pass the
@@ -295,7 +294,7 @@ class ring {
     return *reinterpret_cast<layout::frame_header*>(m_ring + (position & m_mask));
   }
   void write_frame_header(std::uint64_t position, std::uint32_t length, std::uint16_t type,
-                          std::uint64_t sequence, std::uint32_t publisher_index, std::uint32_t lead = 0) noexcept;
+                          std::uint64_t sequence, std::uint32_t publisher_index) noexcept;
   void store_commit(std::uint64_t position, std::memory_order order = std::memory_order_release) noexcept;
   void commit_as(const claim& c, std::uint32_t publisher_index, std::uint16_t type) noexcept;
   bool unchanged_since(std::uint64_t position, std::uint64_t commit) const noexcept;
@@ -425,8 +424,7 @@ inline std::uint64_t ring::take_waiting_publishers() noexcept {
 }
 
 inline void ring::write_frame_header(std::uint64_t position, std::uint32_t length, std::uint16_t type,
-                                     std::uint64_t sequence, std::uint32_t publisher_index,
-                                     std::uint32_t lead) noexcept {
+                                     std::uint64_t sequence, std::uint32_t publisher_index) noexcept {
   // Relaxed atomics: under the overwrite policy a lapped reader may read
   // these while we write them (and then discards what it read).
   layout::frame_header& f = frame_at(position);
@@ -434,7 +432,6 @@ inline void ring::write_frame_header(std::uint64_t position, std::uint32_t lengt
   ring_detail::shared(f.type).store(type, std::memory_order_relaxed);
   ring_detail::shared(f.publisher).store(static_cast<std::uint16_t>(publisher_index), std::memory_order_relaxed);
   ring_detail::shared(f.sequence).store(sequence, std::memory_order_relaxed);
-  ring_detail::shared(f.lead).store(lead, std::memory_order_relaxed);
 }
 
 inline void ring::store_commit(std::uint64_t position, std::memory_order order) noexcept {
@@ -489,17 +486,10 @@ inline claim_status ring::try_claim(std::uint32_t length, std::uint32_t publishe
   layout::publisher_slot& me = m_publishers[publisher_index];
   std::uint64_t position = ring_detail::shared(m_header->tail_position).load(std::memory_order_acquire);
   std::uint64_t sequence = ring_detail::shared(m_header->tail_sequence).load(std::memory_order_acquire);
+  const std::uint64_t frame_bytes = layout::frame_size(length);
   std::uint64_t room;
-  std::uint64_t frame_bytes;
-  std::uint32_t lead;
   for (;;) {
     room = m_capacity - (position & m_mask);
-    lead = layout::lead_for(position, length);
-    frame_bytes = layout::frame_size(lead + length);
-    if (frame_bytes > room) {  // the frame goes to the start of the next lap
-      lead = layout::lead_for(position + room, length);
-      frame_bytes = layout::frame_size(lead + length);
-    }
     const std::uint64_t need = frame_bytes <= room ? frame_bytes : room + frame_bytes;
     if (m_policy == layout::policy_block && !room_for(position + need)) [[unlikely]] {
       // An intent left from an earlier turn would name a claim that will
@@ -518,8 +508,7 @@ inline claim_status ring::try_claim(std::uint32_t length, std::uint32_t publishe
   out.frame_position = frame_bytes <= room ? position : position + room;
   out.sequence = sequence;
   out.length = length;
-  out.lead = lead;
-  out.payload = m_ring + (out.frame_position & m_mask) + layout::frame_header_size + lead;
+  out.payload = m_ring + (out.frame_position & m_mask) + layout::frame_header_size;
   return claim_status::ok;
 }
 
@@ -530,7 +519,7 @@ inline void ring::commit_as(const claim& c, std::uint32_t publisher_index, std::
                        layout::frame_padding, c.sequence, publisher_index);
     store_commit(c.claim_position);
   }
-  write_frame_header(c.frame_position, c.length, type, c.sequence, publisher_index, c.lead);
+  write_frame_header(c.frame_position, c.length, type, c.sequence, publisher_index);
   // seq_cst: the first half of the parking handshake, unless a parking
   // subscriber runs a heavy barrier for us (unfenced_publishers).
   store_commit(c.frame_position, m_unfenced ? std::memory_order_release : std::memory_order_seq_cst);
@@ -593,25 +582,22 @@ inline read_status ring::try_read(ring_cursor& cursor, frame& out, std::uint64_t
     const std::uint32_t length = ring_detail::shared(f.length).load(std::memory_order_relaxed);
     const std::uint16_t type = ring_detail::shared(f.type).load(std::memory_order_relaxed);
     const std::uint64_t sequence = ring_detail::shared(f.sequence).load(std::memory_order_relaxed);
-    const std::uint32_t lead = ring_detail::shared(f.lead).load(std::memory_order_relaxed);
     const std::uint64_t offset = p & m_mask;
-    const std::uint64_t size = layout::frame_size(std::uint64_t{lead} + length);
+    const std::uint64_t size = layout::frame_size(length);
     // Under the overwrite policy these fields may already belong to a newer
     // lap: a writer that has claimed but not yet committed over them leaves
     // the old commit word in place, so check the tail too (still_valid).
     if (!m_unlappable_reader && !unchanged_since(p, commit)) continue;
-    if (type == layout::frame_data && length <= m_max_message && (lead == 0 || lead == layout::lead_bytes) &&
-        offset + size <= m_capacity) [[likely]] {
-      out.payload = {m_ring + offset + layout::frame_header_size + lead, length};
+    if (type == layout::frame_data && length <= m_max_message && offset + size <= m_capacity) [[likely]] {
+      out.payload = {m_ring + offset + layout::frame_header_size, length};
       out.position = p;
       out.sequence = sequence;
       out.next_position = p + size;
       if (cursor.sequence != unknown_sequence && sequence > cursor.sequence) missed = sequence - cursor.sequence;
       return read_status::ok;
     }
-    if (lead > layout::lead_bytes) return read_status::corrupt;
     if (type == layout::frame_padding) {
-      if (lead != 0 || offset + layout::frame_header_size + length != m_capacity) return read_status::corrupt;
+      if (offset + layout::frame_header_size + length != m_capacity) return read_status::corrupt;
       cursor.position = p + (m_capacity - offset);
       continue;
     }

@@ -48,7 +48,6 @@ HEADER_SIZE = 4096                  # the header page (§2, §3)
 PUBLISHER_SLOT_SIZE = 64            # §4
 SUBSCRIBER_SLOT_SIZE = 128          # §5
 FRAME_HEADER_SIZE = 32              # §7
-LEAD_BYTES = 32                     # §7: a frame's lead is 0 or this
 FRAME_ALIGN = 32                    # §6
 
 # PAGE is "the creator's page size"; an opener cannot learn it from the
@@ -83,9 +82,9 @@ OFF_WAITING_PUBLISHERS = 640
 HEADER_ONCE = struct.Struct('<QIIQQQIIIIIIIIQ64sQQII')   # bytes 0..167 (§3)
 PUBLISHER_SLOT = struct.Struct('<IIiIQQQQQQ')            # §4
 SUBSCRIBER_SLOT = struct.Struct('<IIiIQQQQ16xQQ48x')     # §5
-FRAME_HEADER = struct.Struct('<IHHQIIQ')                  # §7
+FRAME_HEADER = struct.Struct('<IHHQQQ')                  # §7
 _U64 = struct.Struct('<Q')          # one aligned 8-byte load per call (§8)
-_FRAME_FIELDS = struct.Struct('<IHHQI')  # length, type, publisher, sequence, lead (§7)
+_FRAME_FIELDS = struct.Struct('<IHHQ')   # length, type, publisher, sequence (§7)
 
 assert HEADER_ONCE.size == 168 and PUBLISHER_SLOT.size == 64
 assert SUBSCRIBER_SLOT.size == 128 and FRAME_HEADER.size == 32
@@ -476,7 +475,7 @@ class Reader:
                 continue
             # Header fields: plain reads; they are used only after both
             # re-checks below have passed (§11 "Corrupt", last bullet).
-            length, ftype, _publisher, fseq, lead = _FRAME_FIELDS.unpack_from(ch._mm, h)
+            length, ftype, _publisher, fseq = _FRAME_FIELDS.unpack_from(ch._mm, h)
             if load(h + 24) != c:                   # a newer frame was committed here
                 self.discarded += 1
                 continue
@@ -486,11 +485,9 @@ class Reader:
                 self._resync(tail)
                 continue
             off = p & MASK
-            if lead not in (0, LEAD_BYTES):         # §7
-                return ReadResult(CORRUPT, detail="frame at %d has lead %d" % (p, lead))
-            size = frame_size(lead + length)
+            size = frame_size(length)
             if ftype == FRAME_PADDING:              # §6: ends exactly at the end of the ring
-                if lead != 0 or off + FRAME_HEADER_SIZE + length != CAP:
+                if off + FRAME_HEADER_SIZE + length != CAP:
                     return ReadResult(CORRUPT, detail="padding frame at %d (ring offset %d) "
                                       "has length %d: does not end at the end of the ring"
                                       % (p, off, length))
@@ -517,7 +514,7 @@ class Reader:
                                   "runs past the end of the ring" % (p, off, length))
             # §11 "Missed": after a lag, fseq - cursor.seq sequence numbers were lost.
             missed = fseq - self.seq if (self.seq != NONE and fseq > self.seq) else 0
-            payload = ch.copy(h + FRAME_HEADER_SIZE + lead, h + FRAME_HEADER_SIZE + lead + length)
+            payload = ch.copy(h + FRAME_HEADER_SIZE, h + FRAME_HEADER_SIZE + length)
             # Re-checks after the copy: discard it if either fails.
             if load(h + 24) != c:
                 self.discarded += 1

@@ -13,7 +13,6 @@ struct claim_ticket {
   std::uint64_t sequence = 0;        ///< the data frame's sequence number
   std::byte* payload = nullptr;      ///< where the payload goes, in shared memory
   std::uint32_t length = 0;          ///< payload bytes
-  std::uint32_t lead = 0;            ///< filler before the payload (layout::lead_for)
 };
 
 }  // namespace shmbus::detail

@@ -38,12 +38,6 @@ inline constexpr std::uint32_t max_subscribers = 64;  // likewise
 
 inline constexpr std::size_t frame_header_size = 32;
 inline constexpr std::size_t frame_alignment = 32;
-/// A data frame of at least lead_from payload bytes that would start its
-/// payload off a 64-byte boundary puts `lead` = 32 filler bytes before it,
-/// so that copies in and out of the ring move whole cache lines.
-inline constexpr std::uint32_t lead_bytes = 32;
-inline constexpr std::uint32_t lead_from = 256;
-inline constexpr std::size_t payload_alignment = 64;
 inline constexpr std::uint64_t min_capacity = 4096;
 inline constexpr std::uint64_t max_capacity = std::uint64_t{1} << 40;
 
@@ -149,16 +143,15 @@ struct alignas(8) subscriber_slot {
   std::byte reserved2[128 - 80];  //  80
 };
 
-/// The header of every frame in the ring; payload follows at +32 + lead,
-/// and the next frame starts at align(position + 32 + lead + length, 32).
-/// A frame never wraps: a padding frame fills the end of the ring instead.
+/// The header of every frame in the ring; payload follows at +32, and the
+/// next frame starts at align(position + 32 + length, 32). A frame never
+/// wraps: a padding frame fills the end of the ring instead.
 struct frame_header {
   std::uint32_t length;    //  0  payload bytes (padding: bytes after the header)
   std::uint16_t type;      //  4  frame_data / frame_padding
   std::uint16_t publisher; //  6  publisher slot index (diagnostics)
   std::uint64_t sequence;  //  8  data: number of data frames claimed before it
-  std::uint32_t lead;      // 16  filler bytes between header and payload: 0 or lead_bytes
-  std::uint32_t reserved;  // 20
+  std::uint64_t reserved;  // 16
   /// position ^ commit_salt, stored last with release ordering: a reader at
   /// `position` that acquires this value sees the whole frame. Any other
   /// value means "not (yet) written for this lap".
@@ -182,17 +175,11 @@ static_assert(offsetof(publisher_slot, intent_position) == 24);
 static_assert(sizeof(subscriber_slot) == subscriber_slot_size);
 static_assert(offsetof(subscriber_slot, position) == 64);
 static_assert(sizeof(frame_header) == frame_header_size);
-static_assert(offsetof(frame_header, lead) == 16);
 static_assert(offsetof(frame_header, commit) == 24);
 
-/// Frame size for a payload of `length` bytes (with its lead, if any).
+/// Frame size for a payload of `length` bytes.
 constexpr std::uint64_t frame_size(std::uint64_t length) noexcept {
   return (frame_header_size + length + frame_alignment - 1) & ~std::uint64_t{frame_alignment - 1};
-}
-
-/// The lead of a data frame at `position` with `length` payload bytes.
-constexpr std::uint32_t lead_for(std::uint64_t position, std::uint64_t length) noexcept {
-  return length >= lead_from && (position + frame_header_size) % payload_alignment != 0 ? lead_bytes : 0;
 }
 
 }  // namespace shmbus::detail::layout
