@@ -70,6 +70,16 @@ read_status receive(ring& r, ring_cursor& cursor, std::string& text, std::uint64
   return status;
 }
 
+/// What the threaded tests publish: who, which, and a checksum of both.
+struct record {
+  std::uint32_t publisher;
+  std::uint32_t reserved;
+  std::uint64_t sequence;
+  std::uint64_t checksum;
+};
+
+std::uint64_t checksum(std::uint32_t p, std::uint64_t s) { return (s * 0x9e3779b97f4a7c15ull) ^ p; }
+
 std::string message(int i, std::size_t size) {
   std::string s(size, '\0');
   for (std::size_t k = 0; k < size; ++k) s[k] = static_cast<char>('a' + (i + static_cast<int>(k)) % 26);
@@ -278,13 +288,6 @@ TEST_CASE("threads: 4 publishers, 2 subscribers, block policy, nothing lost or r
   constexpr int publishers = 4;
   constexpr std::uint64_t per_publisher = 20'000;
 
-  struct record {
-    std::uint32_t publisher;
-    std::uint32_t reserved;
-    std::uint64_t sequence;
-    std::uint64_t checksum;
-  };
-  auto checksum = [](std::uint32_t p, std::uint64_t s) { return (s * 0x9e3779b97f4a7c15ull) ^ p; };
 
   // Subscribers register first so that block policy protects them.
   std::array<ring_cursor, 2> cursors;
@@ -521,13 +524,6 @@ TEST_CASE("threads: publishers that come and go beside one that publishes alone 
 #endif
   constexpr std::uint64_t per_visit = 50;
 
-  struct record {
-    std::uint32_t publisher;
-    std::uint32_t reserved;
-    std::uint64_t sequence;
-    std::uint64_t checksum;
-  };
-  auto checksum = [](std::uint32_t p, std::uint64_t s) { return (s * 0x9e3779b97f4a7c15ull) ^ p; };
 
   ring_cursor cursor;
   const auto sub = static_cast<std::uint32_t>(ch.view.register_subscriber(::getpid(), 1, false, cursor));
