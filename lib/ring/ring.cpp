@@ -345,6 +345,20 @@ ring::repair_status ring::try_repair(std::uint64_t position, liveness_check aliv
   if (!shared(m_publishers[owner].intent_position)
            .compare_exchange_strong(expected, ~std::uint64_t{0}, std::memory_order_acq_rel))
     return repair_status::unknown;
+  // The dead publisher's intent may be stale: it died before its CAS (or
+  // after a failed one), and another publisher claimed this position and
+  // committed it, clearing its own intent, while we looked. That one
+  // stores its intent before its claim and clears it after its commit, so
+  // now (after the locked CAS) either its intent is still there or its
+  // commit is visible. Clearing the stale intent was right either way.
+  for (std::uint32_t i = 0; i < m_publisher_slots; ++i) {
+    if (i == owner) continue;
+    const std::uint64_t start = shared(m_publishers[i].intent_position).load(std::memory_order_acquire);
+    if (start <= position && position - start < m_capacity &&
+        (start == position || start + (m_capacity - (start & m_mask)) == position))
+      return repair_status::unknown;
+  }
+  if (load_commit(position) == (position ^ m_salt)) return repair_status::not_stalled;
 
   // Write what is missing from `position` to the end of the claim.
   const std::uint64_t room = m_capacity - (position & m_mask);
