@@ -314,6 +314,10 @@ ring::repair_status ring::try_repair(std::uint64_t position, liveness_check aliv
   std::uint64_t length = 0;
   std::uint64_t sequence = 0;
   int dead_candidates = 0;
+  // Dead slots whose intent names the same claim as `owner`'s: one is a
+  // stale intent (its CAS failed or never ran), but start and length are
+  // the same, so are the sequence and the repair.
+  std::uint64_t twins = 0;
   for (std::uint32_t i = 0; i < m_publisher_slots; ++i) {
     layout::publisher_slot& slot = m_publishers[i];
     const std::uint64_t start = shared(slot.intent_position).load(std::memory_order_acquire);
@@ -332,6 +336,10 @@ ring::repair_status ring::try_repair(std::uint64_t position, liveness_check aliv
                            end > position && (l <= room || l - room <= layout::frame_size(m_max_message)) &&
                            (end == tail || load_commit(end) == (end ^ m_salt));
     if (!plausible) continue;
+    if (dead_candidates == 1 && start == claim_start && l == length) {
+      twins |= std::uint64_t{1} << i;
+      continue;
+    }
     ++dead_candidates;
     owner = i;
     claim_start = start;
@@ -351,8 +359,13 @@ ring::repair_status ring::try_repair(std::uint64_t position, liveness_check aliv
   // stores its intent before its claim and clears it after its commit, so
   // now (after the locked CAS) either its intent is still there or its
   // commit is visible. Clearing the stale intent was right either way.
+  for (std::uint64_t rest = twins; rest != 0; rest &= rest - 1) {
+    std::uint64_t twin_start = claim_start;
+    shared(m_publishers[std::countr_zero(rest)].intent_position)
+        .compare_exchange_strong(twin_start, ~std::uint64_t{0}, std::memory_order_acq_rel);
+  }
   for (std::uint32_t i = 0; i < m_publisher_slots; ++i) {
-    if (i == owner) continue;
+    if (i == owner || ((twins >> i) & 1u) != 0) continue;
     const std::uint64_t start = shared(m_publishers[i].intent_position).load(std::memory_order_acquire);
     if (start <= position && position - start < m_capacity &&
         (start == position || start + (m_capacity - (start & m_mask)) == position))

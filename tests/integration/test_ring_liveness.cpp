@@ -261,3 +261,60 @@ TEST_CASE("a publisher killed after its padding frame but before its data frame 
   CHECK(text == "next");
   CHECK(missed == 0);
 }
+
+TEST_CASE("two dead publishers whose intents name the same claim: the claim is repaired once", "[ring][liveness][process]") {
+  // One publisher claims and is killed before committing; the other had
+  // stored an intent for the same position and length (as when its CAS
+  // lost the race for it) and is killed too. Both intents look like the
+  // stuck claim's; the repair must still happen, and only once.
+  channel ch(layout::policy_block);
+  ring& r = ch.view;
+  ring_cursor cursor;
+  r.register_subscriber(::getpid(), 0, false, cursor);
+  const auto pub = static_cast<std::uint32_t>(r.register_publisher(::getpid(), 0));
+  std::string text;
+  std::uint64_t missed = 0;
+  REQUIRE(publish(r, pub, "before") == claim_status::ok);
+  REQUIRE(receive(r, cursor, text, missed) == read_status::ok);
+
+  pipe_pair claimed;
+  const pid_t claimer = ::fork();
+  REQUIRE(claimer >= 0);
+  if (claimer == 0) {
+    ring mine = ring::attach(ch.region.bytes(), "liveness", nullptr);
+    const int slot = mine.register_publisher(::getpid(), 0);
+    ring::claim c;
+    if (slot < 0 || mine.try_claim(100, static_cast<std::uint32_t>(slot), c) != claim_status::ok) ::_exit(1);
+    claimed.child_send('c');
+    ::pause();
+    ::_exit(0);
+  }
+  CHECK(claimed.receive() == 'c');
+  const std::uint64_t stuck = cursor.position;
+  pipe_pair intended;
+  const pid_t loser = ::fork();
+  REQUIRE(loser >= 0);
+  if (loser == 0) {
+    ring mine = ring::attach(ch.region.bytes(), "liveness", nullptr);
+    const int slot = mine.register_publisher(::getpid(), 0);
+    if (slot < 0) ::_exit(1);
+    layout::publisher_slot& me = mine.publisher(static_cast<std::uint32_t>(slot));
+    std::atomic_ref<std::uint64_t>(me.intent_length).store(layout::frame_size(100));
+    std::atomic_ref<std::uint64_t>(me.intent_sequence).store(1);
+    std::atomic_ref<std::uint64_t>(me.intent_position).store(stuck);
+    intended.child_send('i');
+    ::pause();
+    ::_exit(0);
+  }
+  CHECK(intended.receive() == 'i');
+  REQUIRE(publish(r, pub, "after") == claim_status::ok);
+  CHECK(receive(r, cursor, text, missed) == read_status::empty);
+  kill_and_reap(claimer, SIGKILL);
+  kill_and_reap(loser, SIGKILL);
+  CHECK(r.try_repair(stuck, &pid_alive) == ring::repair_status::repaired);
+  CHECK(r.try_repair(stuck, &pid_alive) == ring::repair_status::not_stalled);
+  REQUIRE(receive(r, cursor, text, missed) == read_status::ok);
+  CHECK(text == "after");
+  CHECK(missed == 0);
+  CHECK(r.reclaim_dead_publishers(&pid_alive) == 2);  // neither intent is left behind
+}
