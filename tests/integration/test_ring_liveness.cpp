@@ -87,6 +87,34 @@ void fill_to_near_end(ring& r, std::uint32_t pub, ring_cursor& cursor) {
   REQUIRE(r.tail_position() == 4000);
 }
 
+/// Forks a process that registers a publisher on `ch` and runs
+/// `in_child(its ring, its slot)` (false: the child fails), then stays
+/// until it is killed. Returns once the child has done that.
+template <class InChild>
+pid_t fork_publisher(channel& ch, InChild in_child) {
+  pipe_pair ready;
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    ring mine = ring::attach(ch.region.bytes(), "liveness", nullptr);
+    const int slot = mine.register_publisher(::getpid(), 0);
+    if (slot < 0 || !in_child(mine, static_cast<std::uint32_t>(slot))) ::_exit(1);
+    ready.child_send('r');
+    ::pause();
+    ::_exit(0);
+  }
+  REQUIRE(ready.receive() == 'r');
+  return child;
+}
+
+/// A child publisher that claims `length` bytes and never commits them.
+pid_t fork_claimer(channel& ch, std::uint32_t length) {
+  return fork_publisher(ch, [length](ring& mine, std::uint32_t slot) {
+    ring::claim c;
+    return mine.try_claim(length, slot, c) == claim_status::ok;
+  });
+}
+
 }  // namespace
 
 TEST_CASE("a killed subscriber stops holding back publishers; a stopped one is kept", "[ring][liveness][process]") {
@@ -198,19 +226,7 @@ TEST_CASE("a dead claim spanning the end of the ring is repaired as padding plus
   std::uint64_t missed = 0;
   fill_to_near_end(r, pub, cursor);
 
-  pipe_pair claimed;
-  const pid_t child = ::fork();
-  REQUIRE(child >= 0);
-  if (child == 0) {
-    ring mine = ring::attach(ch.region.bytes(), "liveness", nullptr);
-    const int slot = mine.register_publisher(::getpid(), 0);
-    ring::claim c;
-    if (slot < 0 || mine.try_claim(200, static_cast<std::uint32_t>(slot), c) != claim_status::ok) ::_exit(1);
-    claimed.child_send('c');
-    ::pause();
-    ::_exit(0);
-  }
-  CHECK(claimed.receive() == 'c');
+  const pid_t child = fork_claimer(ch, 200);
   REQUIRE(publish(r, pub, "next") == claim_status::ok);
   CHECK(receive(r, cursor, text, missed) == read_status::empty);
   kill_and_reap(child, SIGKILL);
@@ -230,15 +246,9 @@ TEST_CASE("a publisher killed after its padding frame but before its data frame 
   std::uint64_t missed = 0;
   fill_to_near_end(r, pub, cursor);
 
-  pipe_pair claimed;
-  const pid_t child = ::fork();
-  REQUIRE(child >= 0);
-  if (child == 0) {
-    ring mine = ring::attach(ch.region.bytes(), "liveness", nullptr);
-    const int slot = mine.register_publisher(::getpid(), 0);
+  const pid_t child = fork_publisher(ch, [&ch](ring& mine, std::uint32_t slot) {
     ring::claim c;
-    if (slot < 0 || mine.try_claim(200, static_cast<std::uint32_t>(slot), c) != claim_status::ok) ::_exit(1);
-    if (c.frame_position == c.claim_position) ::_exit(2);
+    if (mine.try_claim(200, slot, c) != claim_status::ok || c.frame_position == c.claim_position) return false;
     // Do the first half of commit() by hand: the padding frame only.
     auto* pad = reinterpret_cast<layout::frame_header*>(ch.region.data() + mine.header().ring_offset +
                                                         (c.claim_position & (mine.capacity() - 1)));
@@ -246,11 +256,8 @@ TEST_CASE("a publisher killed after its padding frame but before its data frame 
     pad->type = layout::frame_padding;
     std::atomic_ref<std::uint64_t>(pad->commit).store(c.claim_position ^ mine.header().commit_salt,
                                                       std::memory_order_release);
-    claimed.child_send('c');
-    ::pause();
-    ::_exit(0);
-  }
-  CHECK(claimed.receive() == 'c');
+    return true;
+  });
   REQUIRE(publish(r, pub, "next") == claim_status::ok);
   CHECK(receive(r, cursor, text, missed) == read_status::empty);
   CHECK(cursor.position == 4096);  // past the padding, stuck at the lap boundary
@@ -277,36 +284,15 @@ TEST_CASE("two dead publishers whose intents name the same claim: the claim is r
   REQUIRE(publish(r, pub, "before") == claim_status::ok);
   REQUIRE(receive(r, cursor, text, missed) == read_status::ok);
 
-  pipe_pair claimed;
-  const pid_t claimer = ::fork();
-  REQUIRE(claimer >= 0);
-  if (claimer == 0) {
-    ring mine = ring::attach(ch.region.bytes(), "liveness", nullptr);
-    const int slot = mine.register_publisher(::getpid(), 0);
-    ring::claim c;
-    if (slot < 0 || mine.try_claim(100, static_cast<std::uint32_t>(slot), c) != claim_status::ok) ::_exit(1);
-    claimed.child_send('c');
-    ::pause();
-    ::_exit(0);
-  }
-  CHECK(claimed.receive() == 'c');
+  const pid_t claimer = fork_claimer(ch, 100);
   const std::uint64_t stuck = cursor.position;
-  pipe_pair intended;
-  const pid_t loser = ::fork();
-  REQUIRE(loser >= 0);
-  if (loser == 0) {
-    ring mine = ring::attach(ch.region.bytes(), "liveness", nullptr);
-    const int slot = mine.register_publisher(::getpid(), 0);
-    if (slot < 0) ::_exit(1);
-    layout::publisher_slot& me = mine.publisher(static_cast<std::uint32_t>(slot));
+  const pid_t loser = fork_publisher(ch, [stuck](ring& mine, std::uint32_t slot) {
+    layout::publisher_slot& me = mine.publisher(slot);
     std::atomic_ref<std::uint64_t>(me.intent_length).store(layout::frame_size(100));
     std::atomic_ref<std::uint64_t>(me.intent_sequence).store(1);
     std::atomic_ref<std::uint64_t>(me.intent_position).store(stuck);
-    intended.child_send('i');
-    ::pause();
-    ::_exit(0);
-  }
-  CHECK(intended.receive() == 'i');
+    return true;
+  });
   REQUIRE(publish(r, pub, "after") == claim_status::ok);
   CHECK(receive(r, cursor, text, missed) == read_status::empty);
   kill_and_reap(claimer, SIGKILL);

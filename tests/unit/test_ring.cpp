@@ -80,6 +80,19 @@ struct record {
 
 std::uint64_t checksum(std::uint32_t p, std::uint64_t s) { return (s * 0x9e3779b97f4a7c15ull) ^ p; }
 
+/// Publishes record `s` of publisher `id` through slot `slot`, if there is
+/// room. A record always fits: any other refusal means a broken ring.
+claim_status publish_record(ring& r, std::uint32_t slot, std::uint32_t id, std::uint64_t s) {
+  ring::claim c;
+  const auto status = r.try_claim(sizeof(record), slot, c);
+  if (status == claim_status::would_block) return status;
+  if (status != claim_status::ok) std::abort();
+  const record rec{id, 0, s, checksum(id, s)};
+  std::memcpy(c.payload, &rec, sizeof rec);
+  r.commit(c, slot);
+  return status;
+}
+
 std::string message(int i, std::size_t size) {
   std::string s(size, '\0');
   for (std::size_t k = 0; k < size; ++k) s[k] = static_cast<char>('a' + (i + static_cast<int>(k)) % 26);
@@ -332,16 +345,10 @@ TEST_CASE("threads: 4 publishers, 2 subscribers, block policy, nothing lost or r
       ring r = ring::attach(ch.region.bytes(), "test", nullptr);
       const auto slot = static_cast<std::uint32_t>(r.register_publisher(::getpid(), 1));
       for (std::uint64_t s = 0; s < per_publisher;) {
-        ring::claim c;
-        const auto status = r.try_claim(sizeof(record), slot, c);
-        if (status == claim_status::would_block) {
+        if (publish_record(r, slot, p, s) == claim_status::would_block) {
           std::this_thread::yield();
           continue;
         }
-        if (status != claim_status::ok) std::abort();  // a record always fits: a broken ring
-        const record rec{p, 0, s, checksum(p, s)};
-        std::memcpy(c.payload, &rec, sizeof rec);
-        r.commit(c, slot);
         ++s;
       }
     });
@@ -556,17 +563,11 @@ TEST_CASE("threads: publishers that come and go beside one that publishes alone 
   });
   auto publish_records = [&](ring& r, std::uint32_t slot, std::uint32_t id, std::uint64_t from, std::uint64_t to) {
     for (std::uint64_t s = from; s < to;) {
-      ring::claim c;
-      const auto status = r.try_claim(sizeof(record), slot, c);
-      if (status == claim_status::would_block) {
+      if (publish_record(r, slot, id, s) == claim_status::would_block) {
         if (failed.load()) return;
         std::this_thread::yield();
         continue;
       }
-      if (status != claim_status::ok) std::abort();  // a record always fits: a broken ring
-      const record rec{id, 0, s, checksum(id, s)};
-      std::memcpy(c.payload, &rec, sizeof rec);
-      r.commit(c, slot);
       (void)r.take_parked_subscribers(slot);
       ++s;
     }
