@@ -87,6 +87,27 @@ void fill_to_near_end(ring& r, std::uint32_t pub, ring_cursor& cursor) {
   REQUIRE(r.tail_position() == 4000);
 }
 
+/// A channel with a registered subscriber (`cursor`) and a publisher
+/// (`pub`) in this process: the stuck reader and the other writer of the
+/// repair tests.
+template <std::uint32_t Policy>
+struct reader_and_publisher {
+  channel ch{Policy};
+  ring& r = ch.view;
+  ring_cursor cursor;
+  std::uint32_t pub = 0;
+  std::string text;  // the last message received
+  std::uint64_t missed = 0;
+  reader_and_publisher() {
+    REQUIRE(r.register_subscriber(::getpid(), 0, false, cursor) >= 0);
+    const int slot = r.register_publisher(::getpid(), 0);
+    REQUIRE(slot >= 0);
+    pub = static_cast<std::uint32_t>(slot);
+  }
+};
+using block_ring = reader_and_publisher<layout::policy_block>;
+using overwrite_ring = reader_and_publisher<layout::policy_overwrite>;
+
 /// Forks a process that registers a publisher on `ch` and runs
 /// `in_child(its ring, its slot)` (false: the child fails), then stays
 /// until it is killed. Returns once the child has done that.
@@ -155,12 +176,8 @@ TEST_CASE("a killed subscriber stops holding back publishers; a stopped one is k
   CHECK(r.subscriber(0).generation == 2);
 }
 
-TEST_CASE("a publisher killed between claim and commit does not stall readers", "[ring][liveness][process]") {
-  channel ch(layout::policy_block);
-  ring& r = ch.view;
-  ring_cursor cursor;
-  r.register_subscriber(::getpid(), 0, false, cursor);
-  const auto pub = static_cast<std::uint32_t>(r.register_publisher(::getpid(), 0));
+TEST_CASE_METHOD(block_ring, "a publisher killed between claim and commit does not stall readers",
+                 "[ring][liveness][process]") {
   REQUIRE(publish(r, pub, "before") == claim_status::ok);
 
   pipe_pair claimed;
@@ -183,8 +200,6 @@ TEST_CASE("a publisher killed between claim and commit does not stall readers", 
   REQUIRE(publish(r, pub, "after 1") == claim_status::ok);
   REQUIRE(publish(r, pub, "after 2") == claim_status::ok);
 
-  std::string text;
-  std::uint64_t missed = 0;
   REQUIRE(receive(r, cursor, text, missed) == read_status::ok);
   CHECK(text == "before");
   const std::uint64_t stuck = cursor.position;
@@ -216,14 +231,8 @@ TEST_CASE("a publisher killed between claim and commit does not stall readers", 
   }
 }
 
-TEST_CASE("a dead claim spanning the end of the ring is repaired as padding plus an aborted frame", "[ring][liveness][process]") {
-  channel ch(layout::policy_overwrite);
-  ring& r = ch.view;
-  ring_cursor cursor;
-  r.register_subscriber(::getpid(), 0, false, cursor);
-  const auto pub = static_cast<std::uint32_t>(r.register_publisher(::getpid(), 0));
-  std::string text;
-  std::uint64_t missed = 0;
+TEST_CASE_METHOD(overwrite_ring, "a dead claim spanning the end of the ring is repaired as padding plus an aborted frame",
+                 "[ring][liveness][process]") {
   fill_to_near_end(r, pub, cursor);
 
   const pid_t child = fork_claimer(ch, 200);
@@ -236,21 +245,15 @@ TEST_CASE("a dead claim spanning the end of the ring is repaired as padding plus
   CHECK(missed == 0);
 }
 
-TEST_CASE("a publisher killed after its padding frame but before its data frame is repaired", "[ring][liveness][process]") {
-  channel ch(layout::policy_block);
-  ring& r = ch.view;
-  ring_cursor cursor;
-  r.register_subscriber(::getpid(), 0, false, cursor);
-  const auto pub = static_cast<std::uint32_t>(r.register_publisher(::getpid(), 0));
-  std::string text;
-  std::uint64_t missed = 0;
+TEST_CASE_METHOD(block_ring, "a publisher killed after its padding frame but before its data frame is repaired",
+                 "[ring][liveness][process]") {
   fill_to_near_end(r, pub, cursor);
 
-  const pid_t child = fork_publisher(ch, [&ch](ring& mine, std::uint32_t slot) {
+  const pid_t child = fork_publisher(ch, [region = ch.region.data()](ring& mine, std::uint32_t slot) {
     ring::claim c;
     if (mine.try_claim(200, slot, c) != claim_status::ok || c.frame_position == c.claim_position) return false;
     // Do the first half of commit() by hand: the padding frame only.
-    auto* pad = reinterpret_cast<layout::frame_header*>(ch.region.data() + mine.header().ring_offset +
+    auto* pad = reinterpret_cast<layout::frame_header*>(region + mine.header().ring_offset +
                                                         (c.claim_position & (mine.capacity() - 1)));
     pad->length = static_cast<std::uint32_t>(c.frame_position - c.claim_position - layout::frame_header_size);
     pad->type = layout::frame_padding;
@@ -269,18 +272,12 @@ TEST_CASE("a publisher killed after its padding frame but before its data frame 
   CHECK(missed == 0);
 }
 
-TEST_CASE("two dead publishers whose intents name the same claim: the claim is repaired once", "[ring][liveness][process]") {
+TEST_CASE_METHOD(block_ring, "two dead publishers whose intents name the same claim: the claim is repaired once",
+                 "[ring][liveness][process]") {
   // One publisher claims and is killed before committing; the other had
   // stored an intent for the same position and length (as when its CAS
   // lost the race for it) and is killed too. Both intents look like the
   // stuck claim's; the repair must still happen, and only once.
-  channel ch(layout::policy_block);
-  ring& r = ch.view;
-  ring_cursor cursor;
-  r.register_subscriber(::getpid(), 0, false, cursor);
-  const auto pub = static_cast<std::uint32_t>(r.register_publisher(::getpid(), 0));
-  std::string text;
-  std::uint64_t missed = 0;
   REQUIRE(publish(r, pub, "before") == claim_status::ok);
   REQUIRE(receive(r, cursor, text, missed) == read_status::ok);
 
