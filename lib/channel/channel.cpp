@@ -548,8 +548,9 @@ task<void> byte_subscriber::next_when_available(detail::frame_cache&, byte_subsc
       core.frames.unpark_subscriber(core.index);
       co_return;
     }
-    const std::chrono::nanoseconds bound = core.options.liveness_check;
-    co_await core.bell.bell.wait_for(s, will_be_rung ? bound : std::min<std::chrono::nanoseconds>(bound, std::chrono::milliseconds(1)));
+    std::chrono::nanoseconds bound = core.options.liveness_check;
+    if (!will_be_rung) bound = std::min<std::chrono::nanoseconds>(bound, std::chrono::milliseconds(1));
+    co_await core.bell.bell.wait_for(s, bound);
     core.frames.unpark_subscriber(core.index);
     out = core.read();
     if (out.status != receive_status::empty) co_return;

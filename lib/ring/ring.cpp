@@ -300,6 +300,11 @@ bool ring::refresh_room(std::uint64_t end) noexcept {
   }
 }
 
+bool ring::claim_reaches(std::uint64_t start, std::uint64_t position) const noexcept {
+  if (start > position || position - start >= m_capacity) return false;  // NONE never reaches
+  return start == position || start + (m_capacity - (start & m_mask)) == position;
+}
+
 ring::repair_status ring::try_repair(std::uint64_t position, liveness_check alive) noexcept {
   if ((position & (layout::frame_alignment - 1)) != 0) return repair_status::not_stalled;
   if (load_commit(position) == (position ^ m_salt)) return repair_status::not_stalled;
@@ -321,9 +326,8 @@ ring::repair_status ring::try_repair(std::uint64_t position, liveness_check aliv
   for (std::uint32_t i = 0; i < m_publisher_slots; ++i) {
     layout::publisher_slot& slot = m_publishers[i];
     const std::uint64_t start = shared(slot.intent_position).load(std::memory_order_acquire);
-    if (start > position || position - start >= m_capacity) continue;
+    if (!claim_reaches(start, position)) continue;
     const std::uint64_t room = m_capacity - (start & m_mask);
-    if (start != position && start + room != position) continue;
     const std::uint64_t word = slot_word(slot).load(std::memory_order_acquire);
     const std::int32_t pid = shared(slot.pid).load(std::memory_order_relaxed);
     const std::uint64_t started = shared(slot.start_time).load(std::memory_order_acquire);
@@ -366,9 +370,7 @@ ring::repair_status ring::try_repair(std::uint64_t position, liveness_check aliv
   }
   for (std::uint32_t i = 0; i < m_publisher_slots; ++i) {
     if (i == owner || ((twins >> i) & 1u) != 0) continue;
-    const std::uint64_t start = shared(m_publishers[i].intent_position).load(std::memory_order_acquire);
-    if (start <= position && position - start < m_capacity &&
-        (start == position || start + (m_capacity - (start & m_mask)) == position))
+    if (claim_reaches(shared(m_publishers[i].intent_position).load(std::memory_order_acquire), position))
       return repair_status::unknown;
   }
   if (load_commit(position) == (position ^ m_salt)) return repair_status::not_stalled;

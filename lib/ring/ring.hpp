@@ -13,9 +13,9 @@
 //   4. record the intent {t, need} in the publisher's slot, then
 //      16-byte CAS {t, s} -> {t + need, s + 1}; on failure start again.
 //      A publisher that is the only active one (active_publishers holds
-//      its bit alone) stores s + 1, then t + need, with plain stores: a
-//      publisher that joins makes sure, before its first claim, that such
-//      a claim is not under way (register_publisher);
+//      its bit alone) stores {t + need, s + 1} with one 16-byte store
+//      instead: a publisher that joins makes sure, before its first claim,
+//      that such a claim is not under way (register_publisher);
 //   5. write the padding frame (if any), then the data frame's header and
 //      payload; store each frame's commit word = position ^ salt last, with
 //      release ordering; clear the intent.
@@ -301,7 +301,7 @@ class ring {
   std::uint64_t load_commit(std::uint64_t position) const noexcept;
   /// Publisher: stores the claim word {position, sequence} -> {position +
   /// need, sequence + 1}; false if it had changed (the arguments then hold
-  /// its new value). Alone, with plain stores; otherwise by CAS.
+  /// its new value). Alone, with one 16-byte store; otherwise by CAS.
   bool advance_tail(std::uint32_t publisher_index, std::uint64_t& position, std::uint64_t& sequence,
                     std::uint64_t need) noexcept;
   /// Switches between fenced and unfenced commits (take_parked_subscribers).
@@ -309,6 +309,10 @@ class ring {
   void leave_unfenced(std::uint32_t publisher_index) noexcept;
   /// register_publisher: waits out another publisher's claim without CAS.
   void wait_for_lone_claim(std::uint32_t other) noexcept;
+  /// try_repair: true if a claim that starts at intent position `start`
+  /// has its data frame at `position` (at `start`, or at the next lap
+  /// boundary after a padding frame).
+  bool claim_reaches(std::uint64_t start, std::uint64_t position) const noexcept;
   /// Block policy: true if a claim ending at `end` keeps within a ring of
   /// the slowest subscriber (the cached limit first).
   bool room_for(std::uint64_t end) noexcept;
@@ -465,8 +469,8 @@ inline bool ring::advance_tail(std::uint32_t publisher_index, std::uint64_t& pos
                                  ~(std::uint64_t{1} << publisher_index);
     if (others == 0) [[likely]] {
       // Alone. A publisher may have come and gone since the tail was read.
-      const std::uint64_t p = ring_detail::shared(m_header->tail_position).load(std::memory_order_acquire);
-      const std::uint64_t s = ring_detail::shared(m_header->tail_sequence).load(std::memory_order_acquire);
+      const std::uint64_t p = tail_position();
+      const std::uint64_t s = tail_sequence();
       if (p != position || s != sequence) {
         position = p;
         sequence = s;
@@ -498,7 +502,8 @@ inline claim_status ring::try_claim(std::uint32_t length, std::uint32_t publishe
       return claim_status::would_block;
     }
     // The intent lets a repairer find the length of a claim whose writer
-    // died before writing a header. Ordered before the claim by the CAS.
+    // died before writing a header. Ordered before the claim by the CAS
+    // (or, alone, by the claim's release store).
     ring_detail::shared(me.intent_length).store(need, std::memory_order_relaxed);
     ring_detail::shared(me.intent_sequence).store(sequence, std::memory_order_relaxed);
     ring_detail::shared(me.intent_position).store(position, std::memory_order_relaxed);
