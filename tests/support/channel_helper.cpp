@@ -17,9 +17,9 @@
 //       subscribes to ACK_NAME (pure event mode, no liveness wake-ups),
 //       prints "ready", then publishes BURSTS bursts of 1..300 records (the
 //       sizes drawn from SEED, as the test draws them), with a short busy
-//       pause of random length after about one record in 32, and after each burst
-//       waits for one message on ACK_NAME. A wake-up lost by either side
-//       hangs both: nothing else would wake them.
+//       pause of random length after about one record in 32, and after
+//       each burst waits for one message on ACK_NAME. A wake-up lost by
+//       either side hangs both: nothing else would wake them.
 //   channel_helper claim NAME
 //       claims room for one record (a loan), prints "claimed", waits for a
 //       line on stdin, commits it as record {ID 9, sequence 0}, prints

@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <random>
 #include <span>
 #include <vector>
 
@@ -34,17 +35,15 @@ inline std::span<const std::byte> make_record(std::vector<std::byte>& buffer, st
 }
 
 /// The burst sizes of the "bursts" helper, 1..300, drawn from `seed`: the
-/// helper and the test draw the same sequence.
+/// helper and the test draw the same sequence (minstd_rand's output is
+/// fixed by the standard, so it is the same in both processes).
 class burst_sizes {
  public:
-  explicit burst_sizes(std::uint64_t seed) : m_state(seed * 2 + 1) {}
-  std::uint32_t operator()() {
-    m_state = m_state * 6364136223846793005ull + 1442695040888963407ull;  // 64-bit LCG (Knuth's MMIX)
-    return static_cast<std::uint32_t>((m_state >> 33) % 300) + 1;
-  }
+  explicit burst_sizes(std::uint64_t seed) : m_engine(static_cast<std::uint_fast32_t>(seed % 2147483647)) {}
+  std::uint32_t operator()() { return static_cast<std::uint32_t>(m_engine() % 300) + 1; }
 
  private:
-  std::uint64_t m_state;
+  std::minstd_rand m_engine;
 };
 
 /// Checks records in arrival order; at most 64 publishers.
