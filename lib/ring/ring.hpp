@@ -48,6 +48,7 @@
 #pragma once
 
 #include "core/cas128.hpp"
+#include "core/prefetch.hpp"
 #include "core/process_barrier.hpp"
 #include "core/sanitizers.hpp"
 
@@ -491,6 +492,13 @@ inline claim_status ring::try_claim(std::uint32_t length, std::uint32_t publishe
   std::uint64_t position = ring_detail::shared(m_header->tail_position).load(std::memory_order_acquire);
   std::uint64_t sequence = ring_detail::shared(m_header->tail_sequence).load(std::memory_order_acquire);
   const std::uint64_t frame_bytes = layout::frame_size(length);
+  // A frame that fits one cache line is where a caught-up subscriber polls
+  // the commit word: that line travels here while the claim runs
+  // (core/prefetch.hpp). Larger frames are written longer after this point
+  // than the subscriber takes to pull the line back, so they gain nothing.
+  // A claim that loses the race to another publisher only wasted a hint.
+  if ((position & (layout::cache_line - 1)) + frame_bytes <= layout::cache_line)
+    prefetch_for_write(m_ring + (position & m_mask));
   std::uint64_t room;
   for (;;) {
     room = m_capacity - (position & m_mask);
