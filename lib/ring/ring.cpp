@@ -305,71 +305,88 @@ bool ring::claim_reaches(std::uint64_t start, std::uint64_t position) const noex
   return start == position || start + (m_capacity - (start & m_mask)) == position;
 }
 
+bool ring::is_claim_boundary(std::uint64_t end, std::uint64_t tail) const noexcept {
+  if (end > tail) return false;
+  if (end == tail || load_commit(end) == (end ^ m_salt)) return true;
+  // Every intent names a value the claim word once held: where a claim began.
+  for (std::uint32_t i = 0; i < m_publisher_slots; ++i)
+    if (shared(m_publishers[i].intent_position).load(std::memory_order_acquire) == end) return true;
+  return false;
+}
+
 ring::repair_status ring::try_repair(std::uint64_t position, liveness_check alive) noexcept {
   if ((position & (layout::frame_alignment - 1)) != 0) return repair_status::not_stalled;
   if (load_commit(position) == (position ^ m_salt)) return repair_status::not_stalled;
   const std::uint64_t tail = tail_position();
   if (position >= tail || tail - position > m_capacity) return repair_status::not_stalled;
 
-  // Find the claim: a publisher slot whose intent starts at this position,
-  // or whose padding frame was committed and whose data frame, at the start
-  // of the next lap (this position), was not.
-  std::uint32_t owner = m_publisher_slots;
-  std::uint64_t claim_start = 0;
-  std::uint64_t length = 0;
-  std::uint64_t sequence = 0;
-  int dead_candidates = 0;
-  // Dead slots whose intent names the same claim as `owner`'s: one is a
-  // stale intent (its CAS failed or never ran), but start and length are
-  // the same, so are the sequence and the repair.
-  std::uint64_t twins = 0;
+  // The claim: a publisher slot whose intent starts at this position, or
+  // whose padding frame was committed and whose data frame, at the start of
+  // the next lap (this position), was not. Dead slots may also hold stale
+  // intents for the same place: their CAS lost the race for it, or never
+  // ran. Every claim starts where the one before ended, so the real claim
+  // ends at the first claim boundary after this position, and a stale
+  // intent's end is either inside the real claim (never a boundary) or at
+  // a later boundary. So among the dead intents that reach this position,
+  // the one whose end is the nearest boundary names the claim.
+  std::uint64_t dead = 0;  // slots with such an intent
   for (std::uint32_t i = 0; i < m_publisher_slots; ++i) {
     layout::publisher_slot& slot = m_publishers[i];
-    const std::uint64_t start = shared(slot.intent_position).load(std::memory_order_acquire);
-    if (!claim_reaches(start, position)) continue;
-    const std::uint64_t room = m_capacity - (start & m_mask);
+    if (!claim_reaches(shared(slot.intent_position).load(std::memory_order_acquire), position)) continue;
     const std::uint64_t word = slot_word(slot).load(std::memory_order_acquire);
     const std::int32_t pid = shared(slot.pid).load(std::memory_order_relaxed);
     const std::uint64_t started = shared(slot.start_time).load(std::memory_order_acquire);
     if (state_of(word) == layout::slot_active && alive(pid, started)) return repair_status::writer_alive;
-    const std::uint64_t l = shared(slot.intent_length).load(std::memory_order_relaxed);
-    // Only a length that ends on the tail or on a committed frame can be
-    // the claim that won: an intent whose CAS failed names another length.
-    const std::uint64_t end = start + l;
-    const bool plausible = l >= layout::frame_header_size && l % layout::frame_alignment == 0 && end <= tail &&
-                           end > position && (l <= room || l - room <= layout::frame_size(m_max_message)) &&
-                           (end == tail || load_commit(end) == (end ^ m_salt));
-    if (!plausible) continue;
-    if (dead_candidates == 1 && start == claim_start && l == length) {
-      twins |= std::uint64_t{1} << i;
-      continue;
-    }
-    ++dead_candidates;
-    owner = i;
-    claim_start = start;
-    length = l;
-    sequence = shared(m_publishers[i].intent_sequence).load(std::memory_order_relaxed);
+    dead |= std::uint64_t{1} << i;
   }
-  if (dead_candidates != 1) return repair_status::unknown;
+  // Read after the intents: a claim that moved the tail past a boundary had
+  // stored its intent (naming that boundary) before, and clears it only
+  // after committing there, so the boundary shows one way or the other.
+  const std::uint64_t now_tail = tail_position();
+  std::uint32_t owner = m_publisher_slots;
+  std::uint64_t claim_start = 0;
+  std::uint64_t claim_end = ~std::uint64_t{0};
+  for (std::uint64_t rest = dead; rest != 0; rest &= rest - 1) {
+    layout::publisher_slot& slot = m_publishers[std::countr_zero(rest)];
+    const std::uint64_t start = shared(slot.intent_position).load(std::memory_order_acquire);
+    if (!claim_reaches(start, position)) continue;
+    const std::uint64_t room = m_capacity - (start & m_mask);
+    const std::uint64_t l = shared(slot.intent_length).load(std::memory_order_relaxed);
+    const std::uint64_t end = start + l;
+    const bool shaped = l >= layout::frame_header_size && l % layout::frame_alignment == 0 && end > position &&
+                        (l <= room || l - room <= layout::frame_size(m_max_message));
+    // Nearest end first; at the same end, the start nearer this position
+    // (a claim that began here rules out one that wrapped over it).
+    if (!shaped || end > claim_end || (end == claim_end && start <= claim_start)) continue;
+    if (!is_claim_boundary(end, now_tail)) continue;
+    owner = static_cast<std::uint32_t>(std::countr_zero(rest));
+    claim_start = start;
+    claim_end = end;
+  }
+  if (owner == m_publisher_slots) return repair_status::unknown;
+  const std::uint64_t sequence = shared(m_publishers[owner].intent_sequence).load(std::memory_order_relaxed);
 
   // Only one repairer proceeds: the one that clears the intent.
   std::uint64_t expected = claim_start;
   if (!shared(m_publishers[owner].intent_position)
            .compare_exchange_strong(expected, ~std::uint64_t{0}, std::memory_order_acq_rel))
     return repair_status::unknown;
-  // The dead publisher's intent may be stale: it died before its CAS (or
-  // after a failed one), and another publisher claimed this position and
-  // committed it, clearing its own intent, while we looked. That one
-  // stores its intent before its claim and clears it after its commit, so
-  // now (after the locked CAS) either its intent is still there or its
-  // commit is visible. Clearing the stale intent was right either way.
-  for (std::uint64_t rest = twins; rest != 0; rest &= rest - 1) {
-    std::uint64_t twin_start = claim_start;
-    shared(m_publishers[std::countr_zero(rest)].intent_position)
-        .compare_exchange_strong(twin_start, ~std::uint64_t{0}, std::memory_order_acq_rel);
+  // The other dead intents that reach this position name claims that were
+  // never made: clear them, or their slots could never be reclaimed.
+  const std::uint64_t stale = dead & ~(std::uint64_t{1} << owner);
+  for (std::uint64_t rest = stale; rest != 0; rest &= rest - 1) {
+    auto intent = shared(m_publishers[std::countr_zero(rest)].intent_position);
+    std::uint64_t start = intent.load(std::memory_order_acquire);
+    if (claim_reaches(start, position)) intent.compare_exchange_strong(start, ~std::uint64_t{0}, std::memory_order_acq_rel);
   }
+  // The dead publisher's intent may be stale itself: it died before its
+  // CAS (or after a failed one), and another publisher claimed this
+  // position and committed it, clearing its own intent, while we looked.
+  // That one stores its intent before its claim and clears it after its
+  // commit, so now (after the locked CAS) either its intent is still there
+  // or its commit is visible. Clearing the stale intent was right either way.
   for (std::uint32_t i = 0; i < m_publisher_slots; ++i) {
-    if (i == owner || ((twins >> i) & 1u) != 0) continue;
+    if (i == owner || ((stale >> i) & 1u) != 0) continue;
     if (claim_reaches(shared(m_publishers[i].intent_position).load(std::memory_order_acquire), position))
       return repair_status::unknown;
   }
@@ -378,7 +395,7 @@ ring::repair_status ring::try_repair(std::uint64_t position, liveness_check aliv
   // Write what is missing from `position` to the end of the claim.
   const std::uint64_t room = m_capacity - (position & m_mask);
   std::uint64_t at = position;
-  length = claim_start + length - position;
+  std::uint64_t length = claim_end - position;
   if (length > room) {
     write_frame_header(at, static_cast<std::uint32_t>(room - layout::frame_header_size), layout::frame_padding,
                        sequence, owner);

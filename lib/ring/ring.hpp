@@ -314,6 +314,9 @@ class ring {
   /// has its data frame at `position` (at `start`, or at the next lap
   /// boundary after a padding frame).
   bool claim_reaches(std::uint64_t start, std::uint64_t position) const noexcept;
+  /// try_repair: true if a claim is known to start (or the tail to stand)
+  /// at `end`: the tail, a committed frame, or some slot's intent.
+  bool is_claim_boundary(std::uint64_t end, std::uint64_t tail) const noexcept;
   /// Block policy: true if a claim ending at `end` keeps within a ring of
   /// the slowest subscriber (the cached limit first).
   bool room_for(std::uint64_t end) noexcept;

@@ -272,6 +272,19 @@ TEST_CASE_METHOD(block_ring, "a publisher killed after its padding frame but bef
   CHECK(missed == 0);
 }
 
+/// A child publisher that leaves an intent for `length` bytes at
+/// `position` and claims nothing: what a publisher whose CAS lost the race
+/// for that position leaves behind when it dies.
+pid_t fork_stale_intent(channel& ch, std::uint64_t position, std::uint64_t length) {
+  return fork_publisher(ch, [position, length](ring& mine, std::uint32_t slot) {
+    layout::publisher_slot& me = mine.publisher(slot);
+    std::atomic_ref<std::uint64_t>(me.intent_length).store(length);
+    std::atomic_ref<std::uint64_t>(me.intent_sequence).store(1);
+    std::atomic_ref<std::uint64_t>(me.intent_position).store(position);
+    return true;
+  });
+}
+
 TEST_CASE_METHOD(block_ring, "two dead publishers whose intents name the same claim: the claim is repaired once",
                  "[ring][liveness][process]") {
   // One publisher claims and is killed before committing; the other had
@@ -283,13 +296,7 @@ TEST_CASE_METHOD(block_ring, "two dead publishers whose intents name the same cl
 
   const pid_t claimer = fork_claimer(ch, 100);
   const std::uint64_t stuck = cursor.position;
-  const pid_t loser = fork_publisher(ch, [stuck](ring& mine, std::uint32_t slot) {
-    layout::publisher_slot& me = mine.publisher(slot);
-    std::atomic_ref<std::uint64_t>(me.intent_length).store(layout::frame_size(100));
-    std::atomic_ref<std::uint64_t>(me.intent_sequence).store(1);
-    std::atomic_ref<std::uint64_t>(me.intent_position).store(stuck);
-    return true;
-  });
+  const pid_t loser = fork_stale_intent(ch, stuck, layout::frame_size(100));
   REQUIRE(publish(r, pub, "after") == claim_status::ok);
   CHECK(receive(r, cursor, text, missed) == read_status::empty);
   kill_and_reap(claimer, SIGKILL);
@@ -300,4 +307,52 @@ TEST_CASE_METHOD(block_ring, "two dead publishers whose intents name the same cl
   CHECK(text == "after");
   CHECK(missed == 0);
   CHECK(r.reclaim_dead_publishers(&pid_alive) == 2);  // neither intent is left behind
+}
+
+TEST_CASE_METHOD(block_ring, "of two dead intents at the stuck position, the one ending at the nearest boundary is the claim",
+                 "[ring][liveness][process]") {
+  // The stale intent is longer than the claim and ends on the tail, so
+  // both end where a claim could: the real claim ends first.
+  REQUIRE(publish(r, pub, "before") == claim_status::ok);
+  REQUIRE(receive(r, cursor, text, missed) == read_status::ok);
+
+  const pid_t claimer = fork_claimer(ch, 100);
+  const std::uint64_t stuck = cursor.position;
+  REQUIRE(publish(r, pub, "after") == claim_status::ok);
+  const pid_t loser = fork_stale_intent(ch, stuck, layout::frame_size(100) + layout::frame_size(5));
+  kill_and_reap(claimer, SIGKILL);
+  kill_and_reap(loser, SIGKILL);
+  CHECK(r.try_repair(stuck, &pid_alive) == ring::repair_status::repaired);
+  REQUIRE(receive(r, cursor, text, missed) == read_status::ok);
+  CHECK(text == "after");
+  CHECK(missed == 0);
+  CHECK(r.reclaim_dead_publishers(&pid_alive) == 2);
+}
+
+TEST_CASE_METHOD(block_ring, "a stale intent that spans a live claim is not repaired over it",
+                 "[ring][liveness][process]") {
+  // After the dead claim comes a live publisher's claim, not committed yet,
+  // then a committed frame. A dead stale intent from the stuck position to
+  // that frame ends on a boundary; the dead claim ends where the live
+  // claim's intent starts. Repairing the stale length would skip the live
+  // claim, and lose its message when it commits.
+  REQUIRE(publish(r, pub, "before") == claim_status::ok);
+  REQUIRE(receive(r, cursor, text, missed) == read_status::ok);
+
+  const pid_t claimer = fork_claimer(ch, 100);
+  const std::uint64_t stuck = cursor.position;
+  const pid_t live = fork_claimer(ch, 8);
+  REQUIRE(publish(r, pub, "after") == claim_status::ok);
+  const pid_t loser = fork_stale_intent(ch, stuck, layout::frame_size(100) + layout::frame_size(8));
+  kill_and_reap(claimer, SIGKILL);
+  kill_and_reap(loser, SIGKILL);
+  CHECK(r.try_repair(stuck, &pid_alive) == ring::repair_status::repaired);
+  CHECK(receive(r, cursor, text, missed) == read_status::empty);
+  CHECK(cursor.position == stuck + layout::frame_size(100));
+  CHECK(r.try_repair(cursor.position, &pid_alive) == ring::repair_status::writer_alive);
+  kill_and_reap(live, SIGKILL);
+  CHECK(r.try_repair(cursor.position, &pid_alive) == ring::repair_status::repaired);
+  REQUIRE(receive(r, cursor, text, missed) == read_status::ok);
+  CHECK(text == "after");
+  CHECK(missed == 0);
 }
