@@ -200,13 +200,15 @@ class SHMBUS_API bus {
   /// Returns false if there was nothing to remove. Throws errc::bad_name, or
   /// the errno of a refused unlink (someone else's object).
   static bool remove(std::string_view name);
-  /// Unlinks the channels of this bus that nobody uses (no active publisher
-  /// or subscriber slot held by a live process), frees their entries, frees
+  /// Unlinks the channels of this bus that nobody uses (no live process
+  /// has a channel handle from a bus on it, and no active publisher or
+  /// subscriber slot is held by a live process), frees their entries, frees
   /// the entries of dead participants and broken entries, and returns the
   /// names it unlinked. Channels that cannot be opened or validated, and
-  /// objects this user may not unlink, are left alone. Racy by nature: a
-  /// process that opens a channel while it is being removed keeps a channel
-  /// nobody else can reach; run it when the bus is quiet (the `shmbus gc`
+  /// objects this user may not unlink, are left alone. Every channel handle
+  /// a bus makes holds a shared flock(2) on the channel's object, and the
+  /// channel is unlinked only under the exclusive lock, so a channel being
+  /// opened concurrently is either kept or opened anew (the `shmbus gc`
   /// tool).
   std::vector<std::string> remove_unused();
 

@@ -19,6 +19,16 @@
 // the group that comes in between gets EACCES; it retries while the object
 // is still owner-only and younger than init_timeout (stat(2) of
 // /dev/shm/<name> shows both without opening it).
+//
+// Channels in use. Every channel this bus hands out holds a shared flock(2)
+// on its object for as long as its region lives (the lock belongs to the
+// open file, so the kernel drops it when the last handle goes or the
+// process dies). remove_unused() unlinks a channel only while it holds the
+// exclusive lock. An opener takes its shared lock right after opening (or
+// creating) the object and then checks the object still has a name: if a
+// collector unlinked it in between, it opens again. So a channel that a
+// live process has opened is never collected, even before that process
+// makes a publisher or subscriber on it.
 #include <shmbus/bus.hpp>
 
 #include <shmbus/detail/process_identity.hpp>
@@ -30,6 +40,7 @@
 
 #include <fmt/format.h>
 
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -37,6 +48,7 @@
 #include <atomic>
 #include <cerrno>
 #include <map>
+#include <optional>
 #include <set>
 #include <thread>
 
@@ -209,6 +221,39 @@ std::vector<std::string> shm_names(std::string_view prefix) {
   return names;
 }
 
+/// Takes the shared "in use" lock on a channel object just opened or
+/// created; false if the object lost its name meanwhile (a collector
+/// removed it): the caller opens again.
+bool hold_in_use(const region& r, const std::string& object) {
+  while (::flock(r.fd(), LOCK_SH) != 0)
+    if (errno != EINTR) throw_errno(errno, "flock", object);
+  struct stat st {};
+  if (::fstat(r.fd(), &st) != 0) throw_errno(errno, "fstat", object);
+  return st.st_nlink > 0;
+}
+
+/// The collector's side: the exclusive lock, if no handle holds the shared one.
+bool lock_unused(const region& r, const std::string& object) {
+  while (::flock(r.fd(), LOCK_EX | LOCK_NB) != 0) {
+    if (errno == EWOULDBLOCK) return false;
+    if (errno != EINTR) throw_errno(errno, "flock", object);
+  }
+  return true;
+}
+
+/// Unlinks `object` if its name still refers to the object `r` has open.
+bool unlink_if_still(const region& r, const std::string& object) {
+  struct stat by_fd {};
+  struct stat by_path {};
+  if (::fstat(r.fd(), &by_fd) != 0) throw_errno(errno, "fstat", object);
+  if (::stat(path_of(object).c_str(), &by_path) != 0) {
+    if (errno == ENOENT) return false;
+    throw_errno(errno, "stat", object);
+  }
+  if (by_fd.st_dev != by_path.st_dev || by_fd.st_ino != by_path.st_ino) return false;
+  return region::unlink_shm(object);
+}
+
 constexpr std::int64_t attempts = 16;
 
 [[noreturn]] void kept_changing(std::string_view operation, std::string_view object) {
@@ -328,6 +373,7 @@ channel bus::open_channel(std::string_view name, const channel_options& options,
   const std::string object = channel_object(st.name, name);
   for (std::int64_t attempt = 0; attempt < attempts; ++attempt) {
     if (auto r = open_existing(object, st.options, "channel")) {
+      if (!hold_in_use(*r, object)) continue;
       channel ch = channel::attach(std::move(*r), &type, name, st.options.init_timeout);
       // Heals a listing that lacks it; a full directory does not stop us
       // using a channel that exists.
@@ -338,6 +384,7 @@ channel bus::open_channel(std::string_view name, const channel_options& options,
     // it does not use (a subscriber of a large type with default options).
     const std::size_t size = channel::region_size(options, type, name);
     if (auto r = create_new(object, size, st.options)) {
+      if (!hold_in_use(*r, object)) continue;
       channel ch;
       try {
         ch = channel::create(std::move(*r), options, type, name);
@@ -361,9 +408,12 @@ channel bus::attach_channel(std::string_view name) const {
   check_name(name, "attach channel", "channel");
   const detail::bus_state& st = *m_state;
   const std::string object = channel_object(st.name, name);
-  auto r = open_existing(object, st.options, "channel");
-  if (!r) throw_errno(ENOENT, "open channel", object);
-  return channel::attach(std::move(*r), nullptr, name, st.options.init_timeout);
+  for (std::int64_t attempt = 0; attempt < attempts; ++attempt) {
+    auto r = open_existing(object, st.options, "channel");
+    if (!r) throw_errno(ENOENT, "open channel", object);
+    if (hold_in_use(*r, object)) return channel::attach(std::move(*r), nullptr, name, st.options.init_timeout);
+  }
+  kept_changing("attach channel", object);
 }
 
 byte_publisher bus::bytes_publisher(std::string_view channel_name, const channel_options& options,
@@ -467,24 +517,29 @@ std::vector<std::string> bus::remove_unused() {
   std::vector<std::string> removed;
   for (const auto& [name, rec] : candidates) {
     const std::string object = channel_object(st.name, name);
-    bool used = true;
+    std::optional<channel> unused;
     try {
       region r = region::open_shm(object, access_mode::read_only);
-      const channel ch = channel::attach(std::move(r), nullptr, name, std::chrono::milliseconds(0));
-      used = in_use(ch);
+      if (!lock_unused(r, object)) continue;  // a handle is open somewhere
+      // The lock stays with the region, now the channel's, until the unlink.
+      channel ch = channel::attach(std::move(r), nullptr, name, std::chrono::milliseconds(0));
+      // Slots of live processes that mapped the channel without a bus
+      // handle (so without the lock) count too.
+      if (!in_use(ch)) unused = std::move(ch);
     } catch (const error& e) {
       // Gone: only its entry is left to free. Anything else (refused, half
       // made, corrupt, another layout version) is not ours to judge.
       if (e.code() == std::errc::no_such_file_or_directory && rec) dir.free_channel(*rec);
       continue;
     }
-    if (used) continue;
+    if (!unused) continue;
     try {
-      if (!region::unlink_shm(object)) continue;  // someone else removed it meanwhile
+      if (!unlink_if_still(unused->backing(), object)) continue;  // someone else removed it meanwhile
     } catch (const error& e) {
       if (e.code() == std::errc::operation_not_permitted || e.code() == std::errc::permission_denied) continue;
       throw;
     }
+    unused.reset();  // drops the lock: an opener waiting on it sees the object has no name
     removed.push_back(name);
     if (rec) dir.free_channel(*rec);
     // Created again since we unlinked it, and its creator found our entry

@@ -385,6 +385,39 @@ TEST_CASE("remove_unused() removes only channels no live process uses", "[bus]")
   CHECK(b.remove_unused().empty());
 }
 
+TEST_CASE("remove_unused() keeps a channel a live process has open, even without a publisher or subscriber",
+          "[bus]") {
+  scoped_bus_name name("gclock");
+  auto b = bus::open(name);
+  {
+    const shmbus::channel mine = b.open_channel("mine", small_channel(), shmbus::payload_type{});
+    CHECK(b.remove_unused().empty());
+    CHECK(shm_exists(bus::object_name(name, "mine")));
+  }
+  CHECK(b.remove_unused() == std::vector<std::string>{"mine"});
+
+  // Another process's handle counts until the process is killed.
+  shmbus::test::pipe_pair ready;
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    try {
+      auto cb = bus::open(name.name);
+      const shmbus::channel theirs = cb.open_channel("theirs", small_channel(), shmbus::payload_type{});
+      ready.child_send('r');
+      ::pause();
+    } catch (...) {
+    }
+    ::_exit(1);
+  }
+  REQUIRE(ready.receive() == 'r');
+  CHECK(b.remove_unused().empty());
+  CHECK(shm_exists(bus::object_name(name, "theirs")));
+  shmbus::test::kill_and_reap(child, SIGKILL);
+  CHECK(b.remove_unused() == std::vector<std::string>{"theirs"});
+  CHECK_FALSE(shm_exists(bus::object_name(name, "theirs")));
+}
+
 TEST_CASE("objects are created 0600 by default, and a group may be granted", "[bus]") {
   {
     scoped_bus_name name("mode");
