@@ -171,6 +171,7 @@ ring ring::attach(std::span<std::byte> region, std::string_view object, const ty
   r.m_ring = region.data() + g.ring_offset;
   r.m_capacity = capacity;
   r.m_mask = capacity - 1;
+  r.m_segment_shift = layout::resync_segment_shift(capacity);
   r.m_salt = salt;
   r.m_max_message = max_message;
   r.m_policy = policy;
@@ -559,7 +560,33 @@ ring_cursor ring::newest() const noexcept {
 ring_cursor ring::oldest() const noexcept {
   const ring_cursor tail = newest();
   if (tail.position <= m_capacity) return {0, 0};
-  return {((tail.position - m_capacity) + m_mask) & ~m_mask, ring_cursor::unknown_sequence};
+  return {resync_position(tail.position), ring_cursor::unknown_sequence};
+}
+
+void ring::note_resync_hints(const claim& c, std::uint64_t end) noexcept {
+  const std::uint64_t segment = std::uint64_t{1} << m_segment_shift;
+  for (std::uint64_t b = (c.claim_position + segment - 1) & ~(segment - 1); b < end; b += segment) {
+    // The frames of this claim start at claim_position (padding, if any)
+    // and frame_position; the next claim's starts at `end`.
+    const std::uint64_t first = b <= c.claim_position ? c.claim_position : b <= c.frame_position ? c.frame_position : end;
+    shared(m_header->resync_hints[(b & m_mask) >> m_segment_shift]).store(first, std::memory_order_release);
+  }
+}
+
+std::uint64_t ring::resync_position(std::uint64_t tail) const noexcept {
+  // Bytes from tail - capacity on have not been claimed again. Lap
+  // boundaries are always frame starts; a hint may name an earlier one.
+  const std::uint64_t oldest = tail - m_capacity;
+  const std::uint64_t lap_boundary = (oldest + m_mask) & ~m_mask;
+  const std::uint64_t segment = std::uint64_t{1} << m_segment_shift;
+  for (std::uint64_t b = (oldest + segment - 1) & ~(segment - 1); b < lap_boundary; b += segment) {
+    const std::uint64_t h = shared(m_header->resync_hints[(b & m_mask) >> m_segment_shift]).load(std::memory_order_acquire);
+    // A hint of another lap, or one that does not name a committed frame
+    // (overwritten, in progress, or garbage), is passed over.
+    if (h < b || h >= lap_boundary || (h & (layout::frame_alignment - 1)) != 0) continue;
+    if (load_commit(h) == (h ^ m_salt)) return h;
+  }
+  return lap_boundary;
 }
 
 }  // namespace shmbus::detail

@@ -314,6 +314,13 @@ class ring {
   /// has its data frame at `position` (at `start`, or at the next lap
   /// boundary after a padding frame).
   bool claim_reaches(std::uint64_t start, std::uint64_t position) const noexcept;
+  /// commit_as, for a claim over a resync segment boundary: records where
+  /// the first frame at or after each boundary in [claim start, end) starts.
+  void note_resync_hints(const claim& c, std::uint64_t end) noexcept;
+  /// Where a reader that lagged behind `tail` (> capacity) resumes: the
+  /// first frame start at or after tail - capacity that a resync hint names
+  /// and whose commit word checks, or else the next lap boundary.
+  std::uint64_t resync_position(std::uint64_t tail) const noexcept;
   /// try_repair: true if a claim is known to start (or the tail to stand)
   /// at `end`: the tail, a committed frame, or some slot's intent.
   bool is_claim_boundary(std::uint64_t end, std::uint64_t tail) const noexcept;
@@ -329,6 +336,7 @@ class ring {
   std::byte* m_ring = nullptr;
   std::uint64_t m_capacity = 0;
   std::uint64_t m_mask = 0;
+  unsigned m_segment_shift = 6;  // layout::resync_segment_shift(m_capacity)
   std::uint64_t m_salt = 0;
   std::uint32_t m_max_message = 0;
   std::uint32_t m_policy = 0;
@@ -546,6 +554,13 @@ inline void ring::commit_as(const claim& c, std::uint32_t publisher_index, std::
     auto published = ring_detail::shared(me.published);
     published.store(published.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
   }
+  // After the commit, off the path a waiting subscriber is on. A claim
+  // that starts on a segment boundary or reaches past one records a hint.
+  const std::uint64_t end = c.frame_position + layout::frame_size(c.length);
+  const std::uint64_t segment_mask = (std::uint64_t{1} << m_segment_shift) - 1;
+  if ((c.claim_position & segment_mask) == 0 || (c.claim_position >> m_segment_shift) != ((end - 1) >> m_segment_shift))
+    [[unlikely]]
+    note_resync_hints(c, end);
 }
 
 inline void ring::commit(const claim& c, std::uint32_t publisher_index) noexcept {
@@ -588,10 +603,10 @@ inline read_status ring::try_read(ring_cursor& cursor, frame& out, std::uint64_t
       const std::uint64_t tail = tail_position();
       if (p >= tail) return read_status::empty;
       if (tail - p <= m_capacity) return read_status::empty;  // claimed, not yet committed
-      // Overwritten: resume at the oldest lap boundary still in the ring;
-      // frames never straddle one. cursor.sequence still says what we
-      // expected, so the next delivered frame reports what was missed.
-      cursor.position = ((tail - m_capacity) + m_mask) & ~m_mask;
+      // Overwritten: resume at the oldest frame start known to be still in
+      // the ring. cursor.sequence still says what we expected, so the next
+      // delivered frame reports what was missed.
+      cursor.position = resync_position(tail);
       continue;
     }
     layout::frame_header& f = frame_at(p);

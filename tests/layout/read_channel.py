@@ -77,6 +77,7 @@ OFF_UNFENCED_PUBLISHERS = 392
 OFF_ACTIVE_SUBSCRIBERS = 512
 OFF_ACTIVE_PUBLISHERS = 520
 OFF_WAITING_PUBLISHERS = 640
+OFF_RESYNC_HINTS = 1024             # u64[256] (§11 "Resync hints")
 
 # struct formats given by the document
 HEADER_ONCE = struct.Struct('<QIIQQQIIIIIIIIQ64sQQII')   # bytes 0..167 (§3)
@@ -107,6 +108,30 @@ TYPE_MISMATCH = "type_mismatch"
 def frame_size(length):
     """§6: a 32-byte header, the payload, padding to the next multiple of 32."""
     return (FRAME_HEADER_SIZE + length + 31) & ~31
+
+
+def resync_segment_shift(capacity):
+    """§11: log2 of a resync segment's size (1/256 of the ring, >= 64 B)."""
+    ring_shift = capacity.bit_length() - 1
+    return ring_shift - 8 if ring_shift > 14 else 6
+
+
+def oldest_start(channel, tail):
+    """§11 oldest_start: the first frame start at or after the oldest segment
+    boundary still in the ring that a resync hint names and whose commit word
+    checks; else the next lap boundary (always a frame start)."""
+    cap = channel.capacity
+    oldest = tail - cap
+    lap = round_up(oldest, cap)
+    seg = 1 << resync_segment_shift(cap)
+    b = round_up(oldest, seg)
+    while b < lap:
+        h = channel.load_u64(OFF_RESYNC_HINTS + 8 * ((b & channel.mask) // seg))
+        if b <= h < lap and h % FRAME_ALIGN == 0:
+            if channel.load_u64(channel.ring_offset + (h & channel.mask) + 24) == h ^ channel.salt:
+                return h
+        b += seg
+    return lap
 
 
 def round_up(x, unit):
@@ -430,9 +455,9 @@ class Reader:
             if t <= channel.capacity:
                 self.pos, self.seq = 0, 0
             else:
-                # The first lap boundary still wholly in the ring: always the
-                # start of a frame (§6).  Its sequence is unknown until read.
-                self.pos, self.seq = round_up(t - channel.capacity, channel.capacity), NONE
+                # The oldest frame start the resync hints (or the first lap
+                # boundary) show.  Its sequence is unknown until read.
+                self.pos, self.seq = oldest_start(channel, t), NONE
         else:
             raise ValueError("start must be 'oldest' or 'newest'")
         # Statistics kept by this reader (it cannot write them to a slot).
@@ -444,9 +469,9 @@ class Reader:
         self.discarded = 0       # reads thrown away by a failed re-check (§11)
 
     def _resync(self, tail):
-        """§11 resync: jump to the oldest lap boundary still in the ring;
-        cursor.seq is kept, so the next data frame tells how many were missed."""
-        self.pos = round_up(tail - self.ch.capacity, self.ch.capacity)
+        """§11 resync: jump to oldest_start(tail); cursor.seq is kept, so the
+        next data frame tells how many were missed."""
+        self.pos = oldest_start(self.ch, tail)
         self.lags += 1
 
     def try_read(self):

@@ -10,6 +10,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <cstdlib>
@@ -184,10 +185,78 @@ TEST_CASE("overwrite policy: a slow subscriber learns exactly how many it missed
   }
   CHECK(missed_total > 0);
   CHECK(received + missed_total == 1000);
-  // The tail is at 64,000: the 64 newest frames are in the ring, but a
-  // lagging reader resumes at the lap boundary 61,440 (frames never straddle
-  // one), so it receives the 40 frames from there and misses 960.
-  CHECK(received == 40);
+  // The tail is at 64,000: the 64 newest frames, from 59,904 on, are still
+  // in the ring. The resync hints (one per 64-byte segment here) let the
+  // lagging reader resume at the first of them rather than at the lap
+  // boundary 61,440, so it receives all 64 and misses 936.
+  CHECK(received == 64);
+}
+
+namespace {
+
+/// Where each of `count` frames of the given payload sizes starts when
+/// they are published one after another from position 0 into a ring of
+/// `capacity` bytes (a frame that does not fit before the end of the ring
+/// starts on the next lap), and where the tail ends up.
+struct frame_starts {
+  std::vector<std::uint64_t> start;
+  std::uint64_t tail = 0;
+};
+frame_starts lay_out(const std::vector<std::size_t>& sizes, std::uint64_t capacity) {
+  frame_starts f;
+  for (const std::size_t size : sizes) {
+    const std::uint64_t bytes = layout::frame_size(size);
+    const std::uint64_t room = capacity - (f.tail % capacity);
+    if (bytes > room) f.tail += room;
+    f.start.push_back(f.tail);
+    f.tail += bytes;
+  }
+  return f;
+}
+
+}  // namespace
+
+TEST_CASE("overwrite policy: a lagging reader of mixed sizes resumes at the first frame of the oldest segment",
+          "[ring]") {
+  test_channel ch(small_ring(layout::policy_overwrite));
+  ring& r = ch.view;
+  const auto pub = static_cast<std::uint32_t>(r.register_publisher(::getpid(), 1));
+  ring_cursor slow;
+  r.register_subscriber(::getpid(), 1, false, slow);
+
+  // Sizes that leave padding at the laps' ends and frames across segment
+  // boundaries; 64-byte segments in a 4 KiB ring.
+  std::vector<std::size_t> sizes;
+  for (int i = 0; i < 777; ++i) sizes.push_back(std::size_t{5} + static_cast<std::size_t>(i * 37 % 251));
+  for (std::size_t i = 0; i < sizes.size(); ++i)
+    REQUIRE(publish(r, pub, message(static_cast<int>(i), sizes[i])) == claim_status::ok);
+
+  const frame_starts layout = lay_out(sizes, 4096);
+  REQUIRE(r.tail_position() == layout.tail);
+  // The first segment boundary at or after the oldest byte still in the
+  // ring, and the first frame that starts there or later.
+  const std::uint64_t boundary = (layout.tail - 4096 + 63) / 64 * 64;
+  const auto first = static_cast<std::size_t>(
+      std::lower_bound(layout.start.begin(), layout.start.end(), boundary) - layout.start.begin());
+  REQUIRE(first < sizes.size());
+  REQUIRE(layout.start[first] % 4096 != 0);  // not a lap boundary: only a hint finds it
+
+  std::string got;
+  std::uint64_t missed = 0;
+  REQUIRE(receive(r, slow, got, &missed) == read_status::ok);
+  CHECK(missed == first);
+  CHECK(got == message(static_cast<int>(first), sizes[first]));
+  for (std::size_t i = first + 1; i < sizes.size(); ++i) {
+    REQUIRE(receive(r, slow, got, &missed) == read_status::ok);
+    CHECK(missed == 0);
+    CHECK(got == message(static_cast<int>(i), sizes[i]));
+  }
+  CHECK(receive(r, slow, got) == read_status::empty);
+
+  // A subscriber that starts at the oldest message starts there too.
+  ring_cursor late;
+  REQUIRE(r.register_subscriber(::getpid(), 1, true, late) >= 0);
+  CHECK(late.position == layout.start[first]);
 }
 
 TEST_CASE("a subscriber may start at the oldest message still in the ring", "[ring]") {

@@ -18,6 +18,7 @@
 // lib/ring/ring.cpp), never trusted field by field on the hot path.
 #pragma once
 
+#include <bit>
 #include <cstddef>
 #include <cstdint>
 
@@ -108,7 +109,15 @@ struct channel_header {
 
   // --- bit i belongs to publisher slot i -------------------------------------
   std::uint64_t waiting_publishers;         // 640  asleep waiting for room (block policy)
-  std::byte reserved5[header_size - 648];   // 648
+  std::byte reserved5[1024 - 648];          // 648
+
+  // --- written by publishers whose claim passes a segment boundary -------
+  // The ring is cut into resync_segments(CAP) segments of equal size. Entry
+  // k holds the position of the first claim that starts at or after the
+  // most recent boundary of segment k: where a reader that lagged may
+  // resume (section 11). Hints only: readers check them.
+  std::uint64_t resync_hints[256];          // 1024
+  std::byte reserved6[header_size - 3072];  // 3072
 };
 
 /// One per publishing handle; claimed by compare-and-swap of `state`.
@@ -169,6 +178,7 @@ static_assert(offsetof(channel_header, unfenced_publishers) == 392);
 static_assert(offsetof(channel_header, active_subscribers) == 512);
 static_assert(offsetof(channel_header, active_publishers) == 520);
 static_assert(offsetof(channel_header, waiting_publishers) == 640);
+static_assert(offsetof(channel_header, resync_hints) == 1024);
 static_assert(sizeof(publisher_slot) == publisher_slot_size);
 static_assert(offsetof(publisher_slot, flags) == 12);
 static_assert(offsetof(publisher_slot, intent_position) == 24);
@@ -176,6 +186,12 @@ static_assert(sizeof(subscriber_slot) == subscriber_slot_size);
 static_assert(offsetof(subscriber_slot, position) == 64);
 static_assert(sizeof(frame_header) == frame_header_size);
 static_assert(offsetof(frame_header, commit) == 24);
+
+/// log2 of a resync segment's size: 1/256 of the ring, at least 64 bytes.
+constexpr unsigned resync_segment_shift(std::uint64_t capacity) noexcept {
+  const unsigned ring_shift = static_cast<unsigned>(std::countr_zero(capacity));
+  return ring_shift > 14 ? ring_shift - 8 : 6;
+}
 
 /// Frame size for a payload of `length` bytes.
 constexpr std::uint64_t frame_size(std::uint64_t length) noexcept {
