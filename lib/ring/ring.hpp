@@ -554,12 +554,12 @@ inline void ring::commit_as(const claim& c, std::uint32_t publisher_index, std::
     auto published = ring_detail::shared(me.published);
     published.store(published.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
   }
-  // After the commit, off the path a waiting subscriber is on. A claim
-  // that starts on a segment boundary or reaches past one records a hint.
+  // After the commit, off the path a waiting subscriber is on: a claim
+  // that starts on a segment boundary or passes one records a hint. (Its
+  // first and last bytes lie in different segments, counting the byte
+  // before the claim's start: one shift and compare.)
   const std::uint64_t end = c.frame_position + layout::frame_size(c.length);
-  const std::uint64_t segment_mask = (std::uint64_t{1} << m_segment_shift) - 1;
-  if ((c.claim_position & segment_mask) == 0 || (c.claim_position >> m_segment_shift) != ((end - 1) >> m_segment_shift))
-    [[unlikely]]
+  if (((c.claim_position - 1) >> m_segment_shift) != ((end - 1) >> m_segment_shift)) [[unlikely]]
     note_resync_hints(c, end);
 }
 
