@@ -378,7 +378,8 @@ ring::repair_status ring::try_repair(std::uint64_t position, liveness_check aliv
   for (std::uint64_t rest = stale; rest != 0; rest &= rest - 1) {
     auto intent = shared(m_publishers[std::countr_zero(rest)].intent_position);
     std::uint64_t start = intent.load(std::memory_order_acquire);
-    if (claim_reaches(start, position)) intent.compare_exchange_strong(start, ~std::uint64_t{0}, std::memory_order_acq_rel);
+    if (claim_reaches(start, position))
+      intent.compare_exchange_strong(start, ~std::uint64_t{0}, std::memory_order_acq_rel);
   }
   // The dead publisher's intent may be stale itself: it died before its
   // CAS (or after a failed one), and another publisher claimed this
@@ -582,7 +583,8 @@ std::uint64_t ring::resync_position(std::uint64_t tail) const noexcept {
   const std::uint64_t lap_boundary = (oldest + m_mask) & ~m_mask;
   const std::uint64_t segment = std::uint64_t{1} << m_segment_shift;
   for (std::uint64_t b = (oldest + segment - 1) & ~(segment - 1); b < lap_boundary; b += segment) {
-    const std::uint64_t h = shared(m_header->resync_hints[(b & m_mask) >> m_segment_shift]).load(std::memory_order_acquire);
+    const std::uint64_t h =
+        shared(m_header->resync_hints[(b & m_mask) >> m_segment_shift]).load(std::memory_order_acquire);
     // A hint of another lap, or one that does not name a committed frame
     // (overwritten, in progress, or garbage), is passed over.
     if (h < b || h >= lap_boundary || (h & (layout::frame_alignment - 1)) != 0) continue;

@@ -309,7 +309,8 @@ TEST_CASE_METHOD(block_ring, "two dead publishers whose intents name the same cl
   CHECK(r.reclaim_dead_publishers(&pid_alive) == 2);  // neither intent is left behind
 }
 
-TEST_CASE_METHOD(block_ring, "of two dead intents at the stuck position, the one ending at the nearest boundary is the claim",
+TEST_CASE_METHOD(block_ring,
+                 "of two dead intents at the stuck position, the one ending at the nearest boundary is the claim",
                  "[ring][liveness][process]") {
   // The stale intent is longer than the claim and ends on the tail, so
   // both end where a claim could: the real claim ends first.

@@ -112,10 +112,11 @@ struct channel_header {
   std::byte reserved5[1024 - 648];          // 648
 
   // --- written by publishers whose claim passes a segment boundary -------
-  // The ring is cut into resync_segments(CAP) segments of equal size. Entry
-  // k holds the position of the first claim that starts at or after the
-  // most recent boundary of segment k: where a reader that lagged may
-  // resume (section 11). Hints only: readers check them.
+  // The ring is cut into segments of 2^resync_segment_shift(CAP) bytes (at
+  // most 256). Entry k holds the position of the first frame that starts
+  // at or after the latest boundary of segment k: where a reader that
+  // lagged may resume (docs/LAYOUT.md section 11). Hints only: readers
+  // check them.
   std::uint64_t resync_hints[256];          // 1024
   std::byte reserved6[header_size - 3072];  // 3072
 };
