@@ -241,19 +241,6 @@ bool lock_unused(const region& r, const std::string& object) {
   return true;
 }
 
-/// Unlinks `object` if its name still refers to the object `r` has open.
-bool unlink_if_still(const region& r, const std::string& object) {
-  struct stat by_fd {};
-  struct stat by_path {};
-  if (::fstat(r.fd(), &by_fd) != 0) throw_errno(errno, "fstat", object);
-  if (::stat(path_of(object).c_str(), &by_path) != 0) {
-    if (errno == ENOENT) return false;
-    throw_errno(errno, "stat", object);
-  }
-  if (by_fd.st_dev != by_path.st_dev || by_fd.st_ino != by_path.st_ino) return false;
-  return region::unlink_shm(object);
-}
-
 constexpr std::int64_t attempts = 16;
 
 [[noreturn]] void kept_changing(std::string_view operation, std::string_view object) {
@@ -534,7 +521,8 @@ std::vector<std::string> bus::remove_unused() {
     }
     if (!unused) continue;
     try {
-      if (!unlink_if_still(unused->backing(), object)) continue;  // someone else removed it meanwhile
+      // Someone else removed it (or its name) meanwhile?
+      if (!detail::region_unlink_shm_if_same(object, unused->backing().fd())) continue;
     } catch (const error& e) {
       if (e.code() == std::errc::operation_not_permitted || e.code() == std::errc::permission_denied) continue;
       throw;

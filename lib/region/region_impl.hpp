@@ -43,6 +43,12 @@ std::size_t region_round_size(std::size_t size, std::string_view operation, std:
 /// it with exactly one leading '/'. Throws errc::bad_name.
 std::string region_shm_name(std::string_view name, std::string_view operation);
 
+/// Unlinks the shared-memory object `name` only while the name still refers
+/// to the object `fd` has open (the check and the unlink are two calls: a
+/// replacement in between can still be hit); true if it unlinked it.
+/// Throws errc::bad_name, or the errno of a failed stat or shm_unlink.
+bool region_unlink_shm_if_same(std::string_view name, int fd);
+
 /// The names (without '/') of the POSIX shared-memory objects that start
 /// with `prefix`, sorted: the entries of /dev/shm, where glibc keeps them.
 /// Throws (opendir, readdir).

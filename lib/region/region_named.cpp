@@ -214,19 +214,30 @@ region open_named(const target& t, std::size_t size, open_mode how, access_mode 
 // (A replacement between the check and the unlink can still be hit; the
 // kernel offers no unlink-if-same-inode.)
 template <class Unlink>
-void unlink_if_same(const std::string& path, int fd, const std::string& object, const char* call, Unlink unlink) {
+bool unlink_if_same(const std::string& path, int fd, const std::string& object, const char* call, Unlink unlink) {
   struct stat by_fd {};
   struct stat by_path {};
   if (::fstat(fd, &by_fd) != 0) throw_errno(errno, "fstat", object);
   if (::stat(path.c_str(), &by_path) != 0) {
-    if (errno == ENOENT) return;
+    if (errno == ENOENT) return false;
     throw_errno(errno, "stat", object);
   }
-  if (by_fd.st_dev != by_path.st_dev || by_fd.st_ino != by_path.st_ino) return;
-  if (unlink() != 0 && errno != ENOENT) throw_errno(errno, call, object);
+  if (by_fd.st_dev != by_path.st_dev || by_fd.st_ino != by_path.st_ino) return false;
+  if (unlink() == 0) return true;
+  if (errno != ENOENT) throw_errno(errno, call, object);
+  return false;
+}
+
+bool unlink_shm_if_same(const std::string& name, int fd) {
+  return unlink_if_same(std::string(shm_directory) + name, fd, name, "shm_unlink",
+                        [&] { return ::shm_unlink(name.c_str()); });
 }
 
 }  // namespace
+
+bool detail::region_unlink_shm_if_same(std::string_view name, int fd) {
+  return unlink_shm_if_same(detail::region_shm_name(name, "unlink_shm"), fd);
+}
 
 region region::create_shm(std::string_view name, std::size_t size, mode_t mode) {
   return open_named(shm_target(name, "create_shm"), size, open_mode::create_only, access_mode::read_write, mode,
@@ -263,8 +274,7 @@ void region::destroy() {
   if (m_destroyed) return;
   switch (m_kind) {
     case region_kind::shm:
-      unlink_if_same(std::string(shm_directory) + m_name, m_fd.get(), m_name, "shm_unlink",
-                     [&] { return ::shm_unlink(m_name.c_str()); });
+      unlink_shm_if_same(m_name, m_fd.get());
       break;
     case region_kind::file:
       unlink_if_same(m_name, m_fd.get(), m_name, "unlink", [&] { return ::unlink(m_name.c_str()); });
