@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what is missing, builds shmbus, and runs every test: in a plain
 # build (gcc, warnings as errors), in an AddressSanitizer+UBSan build, in a
-# ThreadSanitizer build, and compiles everything with clang. Prints one
+# ThreadSanitizer build, and compiles the library with clang. Prints one
 # closing line "shmbus: N passed, N failed, N skipped".
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -50,9 +50,12 @@ run_suite "gcc, address + undefined sanitizers" build-ci-asan -Db_sanitize=addre
   -Dbuildtype=debug -Dbenchmarks=disabled
 run_suite "gcc, thread sanitizer" build-ci-tsan -Db_sanitize=thread -Db_lundef=false -Dbenchmarks=disabled
 
-echo "=== clang (compile only, warnings as errors)"
+# clang compiles the library (what users build, with the public headers
+# it includes); the tests, tools and samples took it four more minutes,
+# which CI on two slow cores cannot spare.
+echo "=== clang (the library, compile only, warnings as errors)"
 [ -d build-ci-clang ] || CXX=clang++ meson setup build-ci-clang --wrap-mode=nodownload -Dwerror=true
-ninja -C build-ci-clang -j "$jobs"
+meson compile -C build-ci-clang -j "$jobs" lib/shmbus:shared_library
 
 echo "shmbus: $passed passed, $failed failed, $skipped skipped"
 [ "$failed" -eq 0 ] && [ "$passed" -gt 0 ]
