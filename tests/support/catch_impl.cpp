@@ -1,6 +1,7 @@
 // The Catch2 implementation, compiled once and linked into every test
-// program: it is the largest compile of the test suite (40-50 s), so the two
-// mains in catch_main.cpp do not each carry a copy.
+// program: it is the largest compile of the test suite, so the two mains in
+// catch_main.cpp do not each carry a copy (tests/meson.build builds it at
+// -O0 for the same reason).
 #define CATCH_CONFIG_RUNNER
 #include <catch2/catch.hpp>
 
