@@ -46,9 +46,9 @@ TEST_CASE("awaiting timers, eventfds and pipe reads allocates nothing after warm
   auto measured = [&]() -> task<std::uint64_t> {
     co_await loop(1000);  // warm-up: ready queue and ring reach their size
     auto measured_loop = loop(10'000);
-    const std::uint64_t before = shmbus::detail::heap_allocations();
+    const std::uint64_t before = shmbus::detail::heap_allocations_in_this_thread();
     co_await measured_loop;
-    co_return shmbus::detail::heap_allocations() - before;
+    co_return shmbus::detail::heap_allocations_in_this_thread() - before;
   };
   // Each round awaits a task (one frame) and five requests. Frames come from
   // operator new; the requests must add nothing on top.
@@ -96,9 +96,9 @@ TEST_CASE("channel messages cost no allocation: ready, spinning or parked", "[al
   auto measured = [&]() -> task<std::uint64_t> {
     co_await phase(1000);  // warm-up: doorbells fetched, frames cached
     auto timed = phase(5000);
-    const std::uint64_t before = shmbus::detail::heap_allocations();
+    const std::uint64_t before = shmbus::detail::heap_allocations_in_this_thread();
     co_await timed;
-    co_return shmbus::detail::heap_allocations() - before;
+    co_return shmbus::detail::heap_allocations_in_this_thread() - before;
   };
   // The phase's own frames (when_all, four tasks) are allocated once; the
   // 5000 messages, their parks and wake-ups add nothing.
