@@ -34,6 +34,14 @@
 //                    with one tail per reader). The publisher runs on CPU 0
 //                    and the N subscribers share CPU 1: with 2 vCPUs, N > 1
 //                    oversubscribes the machine (they time-share one vCPU).
+//   op_cost          the library's cost per message, in one process and one
+//                    thread: try_publish, try_next and a copy out, message by
+//                    message, 64 KiB ring (stays in L2); sizes 8, 64, 1024,
+//                    4096 B
+//                    vs plain_ring_copies: the same copies into and out of a
+//                    plain buffer of the same bytes. The difference
+//                    (overhead_ns_p50) is instructions, without the
+//                    cross-core traffic that makes the other cases noisy.
 //
 // Pinning: the parent runs on CPU 0 and its workers on CPU 1 (sched_setaffinity;
 // "pinned" says whether that was granted), restored after each case. Every
@@ -58,8 +66,10 @@
 //
 // Allocations: this binary replaces the global operator new with a counting
 // one; the allocations made during the measured channel blocks (warm-up
-// excluded), divided by the messages of those blocks, are printed for the
-// parent and for the workers (allocs_per_msg, worker_allocs_per_msg).
+// excluded) by the thread that runs them, divided by the messages of those
+// blocks, are printed for the parent and for the workers (allocs_per_msg,
+// worker_allocs_per_msg). The library's doorbell thread is not counted: it
+// allocates when it starts and when a peer connects, not per message.
 //
 // Usage: bench_channel [--json] [--quick] [--case NAME] [--samples PREFIX]
 //                      [--pairs N] [--ring BYTES]
@@ -84,6 +94,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <cerrno>
@@ -116,7 +127,7 @@ namespace bench = shmbus::bench;
 
 namespace {
 
-using shmbus::detail::heap_allocations;
+using shmbus::detail::heap_allocations_in_this_thread;
 
 /// Allocations made during measured blocks, and the messages of those blocks.
 struct alloc_tally {
@@ -461,11 +472,6 @@ shmbus::region make_arena(std::uint64_t samples_per_worker, std::uint64_t ring_b
   return r;
 }
 
-/// A subscriber's first construction in a process starts the process's
-/// doorbell server thread, which finishes setting up (and allocating) after
-/// the constructor returns: let it, so that it is not counted in the first
-/// measured block of a short (--quick) run.
-void let_doorbell_thread_settle() { std::this_thread::sleep_for(20ms); }
 
 /// Maps every page of `r` in this process now (page tables populated for
 /// writing, nothing written), so that first-touch page faults — one per
@@ -541,7 +547,7 @@ shmbus::subscriber_options pp_subscriber_options(pp_mode mode) {
 /// Parent, channel side: one sample per round trip, halved.
 task<void> ping_channel(shmbus::byte_publisher& pub, shmbus::byte_subscriber& sub, std::span<std::byte> msg,
                         std::uint64_t& counter, std::size_t n, std::vector<double>& out, alloc_tally* tally) {
-  const std::uint64_t a0 = heap_allocations();
+  const std::uint64_t a0 = heap_allocations_in_this_thread();
   for (std::size_t i = 0; i < n; ++i) {
     const std::uint64_t c = ++counter;
     std::memcpy(msg.data(), &c, sizeof c);
@@ -553,18 +559,18 @@ task<void> ping_channel(shmbus::byte_publisher& pub, shmbus::byte_subscriber& su
       throw std::runtime_error(fmt::format("echo {} of {} B came back wrong", c, msg.size()));
     out.push_back(static_cast<double>(t1 - t0) / 2);
   }
-  if (tally != nullptr) tally->add(heap_allocations() - a0, 2 * n);  // two messages per round trip
+  if (tally != nullptr) tally->add(heap_allocations_in_this_thread() - a0, 2 * n);  // two messages per round trip
 }
 
 /// Worker, channel side.
 task<void> echo_channel(shmbus::byte_subscriber& sub, shmbus::byte_publisher& pub, std::size_t n,
                         alloc_tally* tally) {
-  const std::uint64_t a0 = heap_allocations();
+  const std::uint64_t a0 = heap_allocations_in_this_thread();
   for (std::size_t i = 0; i < n; ++i) {
     const shmbus::byte_message m = co_await sub.next();
     co_await pub.publish(m.data);
   }
-  if (tally != nullptr) tally->add(heap_allocations() - a0, 2 * n);
+  if (tally != nullptr) tally->add(heap_allocations_in_this_thread() - a0, 2 * n);
 }
 
 /// Raw cache-line ping-pong: the parent stores i in `ping`, the worker
@@ -666,7 +672,6 @@ bench::result pingpong_one(pp_mode mode, std::size_t size, const bench::plan& p)
   scheduler s;
   shmbus::byte_subscriber sub(pong, pp_subscriber_options(mode));  // before the worker can answer
   shmbus::byte_publisher pub(ping);
-  let_doorbell_thread_settle();
 
   worker_group workers(arena);
   const int fds[] = {arena_region.fd(), ping.backing().fd(), pong.backing().fd(), efd_ping.get(), efd_pong.get()};
@@ -902,9 +907,9 @@ bench::result stream_case(const stream_spec& spec, const bench::plan& p, std::ui
     }
   };
   auto channel_block = [&](read_kind kind, bool count, std::vector<double>& out) {
-    const std::uint64_t a0 = heap_allocations();
+    const std::uint64_t a0 = heap_allocations_in_this_thread();
     publish_channel(pub, kind, msg, channel_counter, per_block);
-    if (count) tally.add(heap_allocations() - a0, per_block);
+    if (count) tally.add(heap_allocations_in_this_thread() - a0, per_block);
     gather(out);
   };
   bench::side channel_side{spec.kind == read_kind::copy ? "channel" : "channel_zero_copy",
@@ -1021,7 +1026,6 @@ void pingpong_worker_run(const worker_args& a, const arena_view& arena) {
   scheduler s;
   shmbus::byte_subscriber sub(ping, pp_subscriber_options(mode));
   shmbus::byte_publisher pub(pong);
-  let_doorbell_thread_settle();
   shared(arena.control().ready.value).fetch_add(1, std::memory_order_acq_rel);
 
   std::uint64_t raw_counter = 0;  // shared by the two raw sides, as in the parent
@@ -1057,7 +1061,6 @@ void sink_worker_run(const worker_args& a, const arena_view& arena) {
   shmbus::byte_subscriber sub(ch);
   ring_reader reader(arena, index);
   std::vector<std::byte> local(size);
-  let_doorbell_thread_settle();
   shared(arena.control().ready.value).fetch_add(1, std::memory_order_acq_rel);
 
   std::uint64_t channel_expected = 0, ring_expected = 0, errors = 0;
@@ -1070,10 +1073,10 @@ void sink_worker_run(const worker_args& a, const arena_view& arena) {
       if (side == 'r') {
         sink_ring(reader, local.data(), ring_expected, n, per_sample, samples, errors);
       } else {
-        const std::uint64_t a0 = heap_allocations();
+        const std::uint64_t a0 = heap_allocations_in_this_thread();
         sink_channel(sub, side == 'z' ? read_kind::zero_copy : read_kind::copy, size, local.data(), channel_expected,
                      n, per_sample, samples, errors);
-        if (i == 0 && round >= warmup) tally.add(heap_allocations() - a0, std::uint64_t{n} * per_sample);
+        if (i == 0 && round >= warmup) tally.add(heap_allocations_in_this_thread() - a0, std::uint64_t{n} * per_sample);
       }
       shared(done).fetch_add(1, std::memory_order_acq_rel);
     }
@@ -1178,6 +1181,96 @@ void fanout(const settings& s, const emit_fn& emit) {
   }
 }
 
+// ---- 4. the library's own cost per message ------------------------------------------------
+
+
+/// One thread publishes a message and reads it back (try_publish, try_next,
+/// copy out), against the same copies into and out of a plain buffer of the
+/// ring's size: the difference is the protocol's cost per message, free of
+/// the cross-core traffic that makes the two-process cases noisy here.
+bench::result op_cost_one(std::size_t size, const bench::plan& p, std::size_t per_sample, std::uint64_t ring_bytes) {
+  affinity_guard affinity;
+  const bool pinned = bench::pin_to_cpu(0);
+  shmbus::channel ch = shmbus::channel::create_memfd("bench-op-cost", channel_options_for(ring_bytes), {});
+  prefault(ch.backing());
+  shmbus::byte_publisher pub(ch);
+  shmbus::byte_subscriber sub(ch);
+  // Line-aligned buffers: how fast memcpy is here depends on where source
+  // and destination sit within their cache lines, and a heap vector's
+  // place would change between runs.
+  struct alignas(cache_line) message_buffer {
+    std::array<std::byte, max_payload> bytes;
+  };
+  const auto msg_buffer = std::make_unique<message_buffer>(), local_buffer = std::make_unique<message_buffer>();
+  const std::span<std::byte> msg(msg_buffer->bytes.data(), size);
+  std::fill(msg.begin(), msg.end(), std::byte{fill_byte});
+  std::byte* const local = local_buffer->bytes.data();
+  std::vector<std::byte> plain_storage(ring_bytes + cache_line);
+  void* plain_start = plain_storage.data();
+  std::size_t plain_space = plain_storage.size();
+  std::byte* const plain = static_cast<std::byte*>(std::align(cache_line, ring_bytes, plain_start, plain_space));
+  const std::size_t slots = ring_bytes / size;
+  std::uint64_t counter = 0, plain_position = 0, errors = 0;
+  alloc_tally tally;
+
+  bench::side channel_side{"channel", [&](std::size_t n, std::vector<double>& out) {
+    out.reserve(out.size() + n);  // the bench's own allocation, outside the count
+    const std::uint64_t a0 = heap_allocations_in_this_thread();
+    for (std::size_t k = 0; k < n; ++k) {
+      const auto t0 = bench::now_ns();
+      for (std::size_t i = 0; i < per_sample; ++i) {
+        const std::uint64_t c = ++counter;
+        std::memcpy(msg.data(), &c, sizeof c);
+        if (pub.try_publish(msg) != shmbus::publish_status::ok) throw std::runtime_error("try_publish refused");
+        const shmbus::byte_message m = sub.try_next();
+        if (!consume(m.data, read_kind::copy, local, c)) ++errors;
+      }
+      const auto t1 = bench::now_ns();
+      out.push_back(static_cast<double>(t1 - t0) / static_cast<double>(per_sample));
+    }
+    tally.add(heap_allocations_in_this_thread() - a0, n * per_sample);
+  }};
+  bench::side plain_side{"plain_ring_copies", [&](std::size_t n, std::vector<double>& out) {
+    for (std::size_t k = 0; k < n; ++k) {
+      const auto t0 = bench::now_ns();
+      for (std::size_t i = 0; i < per_sample; ++i) {
+        const std::uint64_t c = ++counter;
+        std::memcpy(msg.data(), &c, sizeof c);
+        std::byte* slot = plain + (plain_position++ % slots) * size;
+        std::memcpy(slot, msg.data(), size);
+        bench::clobber_memory();
+        if (!consume({slot, size}, read_kind::copy, local, c)) ++errors;
+      }
+      const auto t1 = bench::now_ns();
+      out.push_back(static_cast<double>(t1 - t0) / static_cast<double>(per_sample));
+    }
+  }};
+  const bench::comparison c = bench::run_interleaved(channel_side, plain_side, p);
+  if (errors != 0) throw std::runtime_error(fmt::format("{} messages read back wrong", errors));
+
+  bench::result r;
+  r.name = "op_cost";
+  r.sample_name = fmt::format("op_cost_{}", size);
+  r.op = fmt::format("a {} B message published and read back in one thread, mean over {}", size, per_sample);
+  r.baseline = "plain_ring_copies";
+  bench::fill(r, c);
+  add_number(r, "overhead_ns_p50", r.measured.p50 - r.base.p50, 1);
+  r.add_extra("size", static_cast<std::int64_t>(size));
+  r.add_extra("ring_bytes", static_cast<std::int64_t>(ring_bytes));
+  add_number(r, "allocs_per_msg", tally.per_message(), 6);
+  r.add_extra("pinned", pinned);
+  r.add_extra("pairs", static_cast<std::int64_t>(p.pairs));
+  return r;
+}
+
+void op_cost(const settings& s, const emit_fn& emit) {
+  const bench::plan p = plan_for(s, {1, 10, 200}, {1, 2, 10});
+  for (std::size_t size : pingpong_sizes) {
+    bench::result r = op_cost_one(size, p, s.quick ? 16 : 256, s.ring_bytes);
+    emit(r);
+  }
+}
+
 struct case_spec {
   const char* name;
   void (*run)(const settings&, const emit_fn&);
@@ -1189,6 +1282,7 @@ const case_spec cases[] = {
     {"throughput", throughput},
     {"throughput_zero_copy", throughput_zero_copy},
     {"fanout", fanout},
+    {"op_cost", op_cost},
 };
 
 }  // namespace
