@@ -412,9 +412,14 @@ inline std::uint64_t ring::tail_sequence() const noexcept {
 inline void ring::publish_position(std::uint32_t index, const ring_cursor& cursor, bool then_check_waiters) noexcept {
   layout::subscriber_slot& slot = m_subscribers[index];
   ring_detail::shared(slot.sequence).store(cursor.sequence, std::memory_order_relaxed);
-  // release: publishers that acquire the position may reuse the bytes before it.
-  ring_detail::shared(slot.position)
-      .store(cursor.position, then_check_waiters ? std::memory_order_seq_cst : std::memory_order_release);
+  // release: publishers that acquire the position may reuse the bytes before
+  // it. seq_cst when waiting publishers are looked at next. Each order is
+  // spelled as a constant (see store_commit).
+  auto position = ring_detail::shared(slot.position);
+  if (then_check_waiters)
+    position.store(cursor.position, std::memory_order_seq_cst);
+  else
+    position.store(cursor.position, std::memory_order_release);
 }
 
 inline void ring::count_delivered(std::uint32_t index, std::uint64_t received, std::uint64_t missed) noexcept {
@@ -452,8 +457,14 @@ inline void ring::write_frame_header(std::uint64_t position, std::uint32_t lengt
 
 inline void ring::store_commit(std::uint64_t position, std::memory_order order) noexcept {
   // release (at least): the header fields and payload written before are
-  // visible to a reader that acquires this value.
-  ring_detail::shared(frame_at(position).commit).store(position ^ m_salt, order);
+  // visible to a reader that acquires this value. The order reaches the
+  // store as a constant: g++ compiles a run-time memory_order as seq_cst,
+  // an xchg on x86-64, which would make every unfenced commit a locked one.
+  auto commit = ring_detail::shared(frame_at(position).commit);
+  if (order == std::memory_order_seq_cst)
+    commit.store(position ^ m_salt, std::memory_order_seq_cst);
+  else
+    commit.store(position ^ m_salt, std::memory_order_release);
 }
 
 inline std::uint64_t ring::load_commit(std::uint64_t position) const noexcept {
