@@ -17,8 +17,10 @@
 // owner-only, then fchown'd to the group, then fchmod'ed to the full mode:
 // never, even briefly, open to the creator's default group. An opener of
 // the group that comes in between gets EACCES; it retries while the object
-// is still owner-only and younger than init_timeout (stat(2) of
-// /dev/shm/<name> shows both without opening it).
+// was created or changed less than init_timeout ago (stat(2) of
+// /dev/shm/<name> shows its ctime without opening it). Not "while it is
+// still owner-only": the grant may land between the failed open and the
+// stat, and the opener must then try again, not give up.
 //
 // Channels in use. Every channel this bus hands out holds a shared flock(2)
 // on its object for as long as its region lives (the lock belongs to the
@@ -145,12 +147,12 @@ bool exists(std::string_view object) {
   return ::stat(path_of(object).c_str(), &st) == 0;
 }
 
-// An EACCES that may go away: the object is still owner-only and younger
-// than `timeout`, i.e. probably a creator that has not granted its group yet.
+// An EACCES that may go away: the object was created, or its owner, group
+// or mode changed, less than `timeout` ago: probably a creator granting its
+// group, about to or just done (the file comment).
 bool may_be_granted_soon(std::string_view object, std::chrono::milliseconds timeout) {
   struct stat st {};
   if (::stat(path_of(object).c_str(), &st) != 0) return false;
-  if ((st.st_mode & 077) != 0) return false;
   const std::uint64_t changed = static_cast<std::uint64_t>(st.st_ctim.tv_sec) * 1'000'000'000u +
                                 static_cast<std::uint64_t>(st.st_ctim.tv_nsec);
   const std::uint64_t now = detail::realtime_ns();
