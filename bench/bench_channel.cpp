@@ -36,10 +36,9 @@
 //                    oversubscribes the machine (they time-share one vCPU).
 //   op_cost          the library's cost per message, in one process and one
 //                    thread: try_publish, try_next and a copy out, message by
-//                    message, 64 KiB ring (stays in L2); sizes 8, 64, 1024,
-//                    4096 B
+//                    message, 1 MiB ring (--ring); sizes 8, 64, 1024, 4096 B
 //                    vs plain_ring_copies: the same copies into and out of a
-//                    plain buffer of the same bytes. The difference
+//                    plain buffer of the ring's size. The difference
 //                    (overhead_ns_p50) is instructions, without the
 //                    cross-core traffic that makes the other cases noisy.
 //
@@ -471,7 +470,6 @@ shmbus::region make_arena(std::uint64_t samples_per_worker, std::uint64_t ring_b
   c.slot_size = slot_size;
   return r;
 }
-
 
 /// Maps every page of `r` in this process now (page tables populated for
 /// writing, nothing written), so that first-touch page faults — one per
@@ -1182,7 +1180,6 @@ void fanout(const settings& s, const emit_fn& emit) {
 }
 
 // ---- 4. the library's own cost per message ------------------------------------------------
-
 
 /// One thread publishes a message and reads it back (try_publish, try_next,
 /// copy out), against the same copies into and out of a plain buffer of the

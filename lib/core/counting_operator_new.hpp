@@ -7,7 +7,6 @@
 // program, never in the library: the replacement is program-wide.
 #pragma once
 
-#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -15,26 +14,19 @@
 
 namespace shmbus::detail {
 
-inline std::atomic<std::uint64_t> g_heap_allocations{0};
 inline thread_local std::uint64_t t_heap_allocations = 0;
 
-/// Allocations made through operator new since the program started, by
-/// every thread.
-inline std::uint64_t heap_allocations() noexcept { return g_heap_allocations.load(std::memory_order_relaxed); }
-
-/// Allocations made through operator new by the calling thread. What a
-/// "no allocation per message" check counts: the library's own threads
-/// (the doorbell server, started with the first subscriber) allocate when
-/// they start and when a peer connects, at moments no caller controls, and
-/// would otherwise be charged to whatever the caller was timing.
+/// Allocations made through operator new by the calling thread since it
+/// started. Per thread, because that is what a "no allocation per message"
+/// check means: the library's own threads (the doorbell server, started
+/// with the first subscriber) allocate when they start and when a peer
+/// connects, at moments no caller controls, and a process-wide count would
+/// charge that to whatever the caller was timing.
 inline std::uint64_t heap_allocations_in_this_thread() noexcept { return t_heap_allocations; }
 
 namespace counting_new {
 
-inline void count_allocation() noexcept {
-  g_heap_allocations.fetch_add(1, std::memory_order_relaxed);
-  ++t_heap_allocations;
-}
+inline void count_allocation() noexcept { ++t_heap_allocations; }
 
 inline void* counted_malloc(std::size_t n) noexcept {
   count_allocation();
