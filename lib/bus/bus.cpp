@@ -37,6 +37,7 @@
 #include <shmbus/detail/ring_layout.hpp>
 
 #include "bus/directory.hpp"
+#include "bus/grant_retry.hpp"
 #include "region/region_impl.hpp"
 #include "ring/ring.hpp"
 
@@ -147,18 +148,6 @@ bool exists(std::string_view object) {
   return ::stat(path_of(object).c_str(), &st) == 0;
 }
 
-// An EACCES that may go away: the object was created, or its owner, group
-// or mode changed, less than `timeout` ago: probably a creator granting its
-// group, about to or just done (the file comment).
-bool may_be_granted_soon(std::string_view object, std::chrono::milliseconds timeout) {
-  struct stat st {};
-  if (::stat(path_of(object).c_str(), &st) != 0) return false;
-  const std::uint64_t changed = static_cast<std::uint64_t>(st.st_ctim.tv_sec) * 1'000'000'000u +
-                                static_cast<std::uint64_t>(st.st_ctim.tv_nsec);
-  const std::uint64_t now = detail::realtime_ns();
-  return now < changed + static_cast<std::uint64_t>(std::max<std::int64_t>(0, timeout.count())) * 1'000'000u;
-}
-
 // Step 1 of the file comment; std::nullopt when there is no such object.
 std::optional<region> open_existing(const std::string& object, const bus_options& o, std::string_view what,
                                     access_mode access = access_mode::read_write) {
@@ -171,7 +160,7 @@ std::optional<region> open_existing(const std::string& object, const bus_options
       // region refuses empty (and absurdly large) objects: whatever it is, it is not ours.
       if (e.code() == errc::bad_size)
         throw error(errc::region_corrupt, "open", object, fmt::format("not a shmbus {} ({})", what, e.what()));
-      if (e.code() != std::errc::permission_denied || !may_be_granted_soon(object, o.init_timeout)) throw;
+      if (e.code() != std::errc::permission_denied || !detail::may_be_granted_soon(object, o.init_timeout)) throw;
       const auto now = std::chrono::steady_clock::now();
       if (!deadline) deadline = now + o.init_timeout;
       if (now >= *deadline) throw;
@@ -281,6 +270,15 @@ detail::channel_description describe(const channel& ch) {
 }
 
 }  // namespace
+
+bool detail::may_be_granted_soon(std::string_view object, std::chrono::milliseconds timeout) {
+  struct stat st {};
+  if (::stat(path_of(object).c_str(), &st) != 0) return false;
+  const std::uint64_t changed = static_cast<std::uint64_t>(st.st_ctim.tv_sec) * 1'000'000'000u +
+                                static_cast<std::uint64_t>(st.st_ctim.tv_nsec);
+  const std::uint64_t now = realtime_ns();
+  return now < changed + static_cast<std::uint64_t>(std::max<std::int64_t>(0, timeout.count())) * 1'000'000u;
+}
 
 // ---- names --------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@
 
 #include "bus/directory.hpp"
 #include "bus/directory_layout.hpp"
+#include "bus/grant_retry.hpp"
 
 #include "child_process.hpp"
 
@@ -671,6 +672,25 @@ TEST_CASE("racing recorders of one name leave exactly one entry", "[bus]") {
     }
     REQUIRE(listed == 1);
   }
+}
+
+TEST_CASE("EACCES on an object changed less than init_timeout ago is worth another open, whatever its mode now",
+          "[bus][permissions]") {
+  using shmbus::detail::may_be_granted_soon;
+  using namespace std::chrono_literals;
+  scoped_bus_name name("grant-rule");
+  const std::string object = bus::object_name(name);
+  { auto b = bus::open(name); }
+  // Just created, owner-only: a creator that has not granted its group yet.
+  CHECK(may_be_granted_soon(object, 30s));
+  // Just granted: an opener whose open failed before the grant and looks
+  // after it must open again, not give up (it used to, seeing the mode).
+  REQUIRE(::chmod(path_of(object).c_str(), 0606) == 0);
+  CHECK(may_be_granted_soon(object, 30s));
+  // Changed longer ago than the timeout (0 here: every change is that
+  // old): an EACCES stays.
+  CHECK_FALSE(may_be_granted_soon(object, 0ms));
+  CHECK_FALSE(may_be_granted_soon(bus::object_name(unique_name("absent")), 30s));
 }
 
 TEST_CASE("opening someone else's bus fails cleanly; a group being granted is waited for", "[bus]") {
