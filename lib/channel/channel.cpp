@@ -441,11 +441,8 @@ detail::frame_cache& byte_publisher::frames() noexcept { return m_core->coroutin
 
 namespace {
 
-// Inlined into try_publish as well as try_claim: a message published in one
-// call pays for one function's prologue, not two.
-[[gnu::always_inline]] inline publish_status claim_in(detail::publisher_core& core, std::uint32_t length,
-                                                      detail::claim_ticket& out) noexcept {
-  switch (core.frames.try_claim(length, core.index, out)) {
+publish_status status_of(detail::claim_status st) noexcept {
+  switch (st) {
     case detail::claim_status::ok: return publish_status::ok;
     case detail::claim_status::would_block: return publish_status::would_block;
     case detail::claim_status::too_large: break;
@@ -456,7 +453,7 @@ namespace {
 }  // namespace
 
 publish_status byte_publisher::try_claim(std::uint32_t length, detail::claim_ticket& out) noexcept {
-  return claim_in(*m_core, length, out);
+  return status_of(m_core->frames.try_claim(length, m_core->index, out));
 }
 
 void byte_publisher::commit(const detail::claim_ticket& c) noexcept {
@@ -465,12 +462,9 @@ void byte_publisher::commit(const detail::claim_ticket& c) noexcept {
 }
 
 publish_status byte_publisher::try_publish(std::span<const std::byte> bytes) noexcept {
-  if (bytes.size() > m_core->frames.max_message()) return publish_status::too_large;
-  detail::claim_ticket c;
-  const publish_status st = claim_in(*m_core, static_cast<std::uint32_t>(bytes.size()), c);
-  if (st != publish_status::ok) return st;
-  if (!bytes.empty()) std::memcpy(c.payload, bytes.data(), bytes.size());
-  commit(c);
+  detail::publisher_core& core = *m_core;
+  const publish_status st = status_of(core.frames.publish_copy(bytes, core.index));
+  if (st == publish_status::ok) core.wake_subscribers();
   return st;
 }
 

@@ -564,6 +564,15 @@ ring_cursor ring::oldest() const noexcept {
   return {resync_position(tail.position), ring_cursor::unknown_sequence};
 }
 
+claim_status ring::publish_copy_claimed(std::span<const std::byte> bytes, std::uint32_t publisher_index) noexcept {
+  claim c;
+  const claim_status st = try_claim(static_cast<std::uint32_t>(bytes.size()), publisher_index, c);
+  if (st != claim_status::ok) return st;
+  if (!bytes.empty()) std::memcpy(c.payload, bytes.data(), bytes.size());
+  commit(c, publisher_index);
+  return st;
+}
+
 void ring::note_resync_hints(const claim& c, std::uint64_t end) noexcept {
   const std::uint64_t segment = std::uint64_t{1} << m_segment_shift;
   // Not (..., end]: the boundary at `end` is the one a ring earlier than

@@ -59,6 +59,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <span>
 #include <string>
 #include <string_view>
@@ -193,6 +194,12 @@ class ring {
   /// Claims room for a payload of `length` bytes (steps 1-4 above).
   /// `publisher_index` is the caller's slot. Never blocks; never throws.
   claim_status try_claim(std::uint32_t length, std::uint32_t publisher_index, claim& out) noexcept;
+  /// try_claim, a copy of `bytes` into the frame, and commit, in one call:
+  /// the per-message path of try_publish. A lone publisher (step 4's plain
+  /// store) whose frame fits before the end of the ring and within the
+  /// cached room goes straight through with the geometry in registers;
+  /// anything else takes try_claim and commit. Never blocks; never throws.
+  claim_status publish_copy(std::span<const std::byte> bytes, std::uint32_t publisher_index) noexcept;
   /// Publishes a claimed frame (step 5). The data frame's commit word is
   /// stored seq_cst: with take_parked_subscribers() after it, this is one
   /// half of the parking handshake (a subscriber parks, then re-reads the
@@ -296,6 +303,18 @@ class ring {
   }
   void write_frame_header(std::uint64_t position, std::uint32_t length, std::uint16_t type,
                           std::uint64_t sequence, std::uint32_t publisher_index) noexcept;
+  static void write_frame_header(layout::frame_header& f, std::uint32_t length, std::uint16_t type,
+                                 std::uint64_t sequence, std::uint32_t publisher_index) noexcept;
+  /// The frame's commit word = position ^ salt; release, or seq_cst when
+  /// `fenced`. Each order reaches the store as a constant: g++ compiles a
+  /// run-time memory_order as seq_cst, an xchg on x86-64, which would make
+  /// every unfenced commit a locked one.
+  static void store_commit_word(layout::frame_header& f, std::uint64_t word, bool fenced) noexcept;
+  /// publish_copy's general path: try_claim, copy, commit (out of line, so
+  /// that the straight path's frame stays small).
+  claim_status publish_copy_claimed(std::span<const std::byte> bytes, std::uint32_t publisher_index) noexcept;
+  /// After a commit: counts a data frame in the publisher's slot.
+  static void count_published(layout::publisher_slot& me) noexcept;
   void store_commit(std::uint64_t position, std::memory_order order = std::memory_order_release) noexcept;
   void commit_as(const claim& c, std::uint32_t publisher_index, std::uint16_t type) noexcept;
   bool unchanged_since(std::uint64_t position, std::uint64_t commit) const noexcept;
@@ -444,27 +463,39 @@ inline std::uint64_t ring::take_waiting_publishers() noexcept {
   return ring_detail::take_bits(m_header->waiting_publishers);
 }
 
-inline void ring::write_frame_header(std::uint64_t position, std::uint32_t length, std::uint16_t type,
+inline void ring::write_frame_header(layout::frame_header& f, std::uint32_t length, std::uint16_t type,
                                      std::uint64_t sequence, std::uint32_t publisher_index) noexcept {
   // Relaxed atomics: under the overwrite policy a lapped reader may read
   // these while we write them (and then discards what it read).
-  layout::frame_header& f = frame_at(position);
   ring_detail::shared(f.length).store(length, std::memory_order_relaxed);
   ring_detail::shared(f.type).store(type, std::memory_order_relaxed);
   ring_detail::shared(f.publisher).store(static_cast<std::uint16_t>(publisher_index), std::memory_order_relaxed);
   ring_detail::shared(f.sequence).store(sequence, std::memory_order_relaxed);
 }
 
-inline void ring::store_commit(std::uint64_t position, std::memory_order order) noexcept {
+inline void ring::write_frame_header(std::uint64_t position, std::uint32_t length, std::uint16_t type,
+                                     std::uint64_t sequence, std::uint32_t publisher_index) noexcept {
+  write_frame_header(frame_at(position), length, type, sequence, publisher_index);
+}
+
+inline void ring::store_commit_word(layout::frame_header& f, std::uint64_t word, bool fenced) noexcept {
   // release (at least): the header fields and payload written before are
-  // visible to a reader that acquires this value. The order reaches the
-  // store as a constant: g++ compiles a run-time memory_order as seq_cst,
-  // an xchg on x86-64, which would make every unfenced commit a locked one.
-  auto commit = ring_detail::shared(frame_at(position).commit);
-  if (order == std::memory_order_seq_cst)
-    commit.store(position ^ m_salt, std::memory_order_seq_cst);
+  // visible to a reader that acquires this value.
+  auto commit = ring_detail::shared(f.commit);
+  if (fenced)
+    commit.store(word, std::memory_order_seq_cst);
   else
-    commit.store(position ^ m_salt, std::memory_order_release);
+    commit.store(word, std::memory_order_release);
+}
+
+inline void ring::store_commit(std::uint64_t position, std::memory_order order) noexcept {
+  store_commit_word(frame_at(position), position ^ m_salt, order == std::memory_order_seq_cst);
+}
+
+inline void ring::count_published(layout::publisher_slot& me) noexcept {
+  // Only the slot's owner writes its counter: no read-modify-write needed.
+  auto published = ring_detail::shared(me.published);
+  published.store(published.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
 }
 
 inline std::uint64_t ring::load_commit(std::uint64_t position) const noexcept {
@@ -560,11 +591,7 @@ inline void ring::commit_as(const claim& c, std::uint32_t publisher_index, std::
   store_commit(c.frame_position, m_unfenced ? std::memory_order_release : std::memory_order_seq_cst);
   layout::publisher_slot& me = m_publishers[publisher_index];
   ring_detail::shared(me.intent_position).store(~std::uint64_t{0}, std::memory_order_release);
-  // Only the slot's owner writes its counter: no read-modify-write needed.
-  if (type == layout::frame_data) {
-    auto published = ring_detail::shared(me.published);
-    published.store(published.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
-  }
+  if (type == layout::frame_data) count_published(me);
   // After the commit, off the path a waiting subscriber is on: a claim
   // that starts on a segment boundary or passes one records a hint. (Its
   // first and last bytes lie in different segments, counting the byte
@@ -572,6 +599,64 @@ inline void ring::commit_as(const claim& c, std::uint32_t publisher_index, std::
   const std::uint64_t end = c.frame_position + layout::frame_size(c.length);
   if (((c.claim_position - 1) >> m_segment_shift) != ((end - 1) >> m_segment_shift)) [[unlikely]]
     note_resync_hints(c, end);
+}
+
+inline claim_status ring::publish_copy(std::span<const std::byte> bytes, std::uint32_t publisher_index) noexcept {
+  if (bytes.size() > m_max_message) return claim_status::too_large;
+  const auto length = static_cast<std::uint32_t>(bytes.size());
+  if (m_lone_claims) [[likely]] {
+    // Steps 1-5 as try_claim and commit_as take them for a lone claim
+    // without padding, with what they read from this object held in locals:
+    // the atomics and the copy would otherwise make the compiler load each
+    // member again after them.
+    layout::channel_header& h = *m_header;
+    layout::publisher_slot& me = m_publishers[publisher_index];
+    std::byte* const base = m_ring;
+    const std::uint64_t position = ring_detail::shared(h.tail_position).load(std::memory_order_acquire);
+    const std::uint64_t sequence = ring_detail::shared(h.tail_sequence).load(std::memory_order_acquire);
+    const std::uint64_t offset = position & m_mask;
+    const std::uint64_t frame_bytes = layout::frame_size(length);
+    const std::uint64_t end = position + frame_bytes;
+    // The block policy's room, from the cache only; refresh_room's rescan
+    // is try_claim's business.
+    const bool room = m_policy != layout::policy_block ||
+                      (ring_detail::shared(h.active_subscribers).load(std::memory_order_acquire) == m_active_cache &&
+                       end <= m_limit_cache);
+    if (frame_bytes <= m_capacity - offset && room) {
+      // As in try_claim: the line a caught-up subscriber polls.
+      if ((offset & (layout::cache_line - 1)) + frame_bytes <= layout::cache_line) prefetch_for_write(base + offset);
+      const std::uint64_t salt = m_salt;
+      const bool fenced = !m_unfenced;
+      const unsigned segment_shift = m_segment_shift;
+      ring_detail::shared(me.intent_length).store(frame_bytes, std::memory_order_relaxed);
+      ring_detail::shared(me.intent_sequence).store(sequence, std::memory_order_relaxed);
+      ring_detail::shared(me.intent_position).store(position, std::memory_order_relaxed);
+      // advance_tail's lone branch: the intent, then this check, in program
+      // order; then the tail must still be the one the intent names.
+      light_barrier();
+      const std::uint64_t others = ring_detail::shared(h.active_publishers).load(std::memory_order_acquire) &
+                                   ~(std::uint64_t{1} << publisher_index);
+      if (others == 0 && ring_detail::shared(h.tail_position).load(std::memory_order_acquire) == position &&
+          ring_detail::shared(h.tail_sequence).load(std::memory_order_acquire) == sequence) [[likely]] {
+        store128(&h.tail_position, end, sequence + 1);
+        // The payload first, then the header and the commit word together:
+        // a caught-up subscriber polls the header's line, and takes it from
+        // us once if we write that line once, just before the commit.
+        if (length != 0) std::memcpy(base + offset + layout::frame_header_size, bytes.data(), length);
+        layout::frame_header& f = *reinterpret_cast<layout::frame_header*>(base + offset);
+        write_frame_header(f, length, layout::frame_data, sequence, publisher_index);
+        store_commit_word(f, position ^ salt, fenced);
+        ring_detail::shared(me.intent_position).store(~std::uint64_t{0}, std::memory_order_release);
+        count_published(me);
+        if (((position - 1) >> segment_shift) != ((end - 1) >> segment_shift)) [[unlikely]]
+          note_resync_hints({position, position, sequence, nullptr, length}, end);
+        return claim_status::ok;
+      }
+      // Another publisher joined, or one came and went: try_claim, whose
+      // claim overwrites this intent.
+    }
+  }
+  return publish_copy_claimed(bytes, publisher_index);
 }
 
 inline void ring::commit(const claim& c, std::uint32_t publisher_index) noexcept {
