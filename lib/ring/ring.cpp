@@ -268,15 +268,50 @@ std::uint32_t ring::reclaim_dead_subscribers(liveness_check alive) noexcept {
   return reclaimed;
 }
 
+bool ring::drop_stale_intent(layout::publisher_slot& slot) noexcept {
+  auto intent = shared(slot.intent_position);
+  std::uint64_t p = intent.load(std::memory_order_acquire);
+  if (p == ~std::uint64_t{0}) return true;
+  // The owner is dead, so its intent no longer changes (but for a
+  // repairer's CAS) and the tail read after it is past any claim it made:
+  // the claim word only moves forward.
+  const std::uint64_t tail = tail_position();
+  const std::uint64_t need = shared(slot.intent_length).load(std::memory_order_relaxed);
+  bool stale = p >= tail ||              // it died before its claim
+               tail - p > m_capacity ||  // claimed or not, the ring has moved a lap past it
+               // no claim has this shape
+               (p & (layout::frame_alignment - 1)) != 0 || (need & (layout::frame_alignment - 1)) != 0 ||
+               need < layout::frame_header_size;
+  if (!stale) {
+    // Its data frame, where try_claim would have put it: committed means
+    // it died after its commit (or lost the position to a claim that was
+    // committed); nobody is stuck on it.
+    const std::uint64_t room = m_capacity - (p & m_mask);
+    const std::uint64_t data = need <= room ? p : p + room;
+    stale = load_commit(data) == (data ^ m_salt);
+  }
+  // Otherwise a claim in progress: readers stop at it, and try_repair
+  // rewrites it and clears the intent. A repairer's CAS may also beat ours.
+  if (!stale) return false;
+  return intent.compare_exchange_strong(p, ~std::uint64_t{0}, std::memory_order_acq_rel) || p == ~std::uint64_t{0};
+}
+
 std::uint32_t ring::reclaim_dead_publishers(liveness_check alive) noexcept {
   std::uint32_t reclaimed = 0;
   for (std::uint32_t i = 0; i < m_publisher_slots; ++i) {
     layout::publisher_slot& slot = m_publishers[i];
-    // A claim in progress must be repaired (try_repair) before its intent
-    // may disappear with the slot.
-    if (shared(slot.intent_position).load(std::memory_order_acquire) != ~std::uint64_t{0}) continue;
     std::uint64_t word = 0;
     if (!begin_reclaim(slot, alive, word)) continue;
+    // A claim in progress must be repaired (try_repair) before its intent
+    // may disappear with the slot; an intent that names no such claim (the
+    // owner died just before its claim or just after its commit) must not
+    // keep the slot, and the others claiming by CAS, for good. Nobody else
+    // changes a slot while it is 'reclaiming', so putting the word back
+    // returns it as it was.
+    if (!drop_stale_intent(slot)) {
+      slot_word(slot).store(word, std::memory_order_release);
+      continue;
+    }
     const std::uint64_t bit = std::uint64_t{1} << i;
     shared(m_header->waiting_publishers).fetch_and(~bit, std::memory_order_seq_cst);
     shared(m_header->unfenced_publishers).fetch_and(~bit, std::memory_order_seq_cst);

@@ -148,7 +148,10 @@ class ring {
   /// how many. Safe against a slot being taken again meanwhile (the
   /// reclaim names the incarnation by its generation).
   std::uint32_t reclaim_dead_subscribers(liveness_check alive) noexcept;
-  /// Frees the slots of dead publishers that have no claim in progress.
+  /// Frees the slots of dead publishers that have no claim in progress (a
+  /// claim in progress waits for try_repair). An intent that names no such
+  /// claim, left by a publisher that died just before its claim or just
+  /// after its commit, is cleared.
   std::uint32_t reclaim_dead_publishers(liveness_check alive) noexcept;
 
   enum class repair_status : std::uint8_t {
@@ -327,6 +330,9 @@ class ring {
   /// Switches between fenced and unfenced commits (take_parked_subscribers).
   void enter_unfenced(std::uint32_t publisher_index) noexcept;
   void leave_unfenced(std::uint32_t publisher_index) noexcept;
+  /// reclaim_dead_publishers, for a dead owner's slot: clears its intent
+  /// unless it names a claim in progress; true if the intent is now clear.
+  bool drop_stale_intent(layout::publisher_slot& slot) noexcept;
   /// register_publisher: waits out another publisher's claim without CAS.
   void wait_for_lone_claim(std::uint32_t other) noexcept;
   /// try_repair: true if a claim that starts at intent position `start`

@@ -3,7 +3,10 @@
 //  - a publisher killed between claim and commit does not stall readers:
 //    its claim is repaired and readers continue with the next message;
 //  - a process that is stopped (SIGSTOP: alive but getting no CPU) is
-//    never taken for dead, and a stopped writer commits normally later.
+//    never taken for dead, and a stopped writer commits normally later;
+//  - a dead publisher's slot is freed whatever its intent says, once no
+//    claim of its is in progress, and a lone publisher killed at random
+//    points of publish_copy leaves a ring that reads whole.
 // Synchronisation is by pipes and waitpid only.
 #include <shmbus/region.hpp>
 
@@ -16,9 +19,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <array>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <optional>
+#include <span>
 #include <string>
 
 using shmbus::detail::claim_status;
@@ -209,6 +215,7 @@ TEST_CASE_METHOD(block_ring, "a publisher killed between claim and commit does n
     stop_and_wait(child);
     CHECK(r.try_repair(stuck, &pid_alive) == ring::repair_status::writer_alive);  // stopped is alive
     kill_and_reap(child, SIGKILL);
+    CHECK(r.reclaim_dead_publishers(&pid_alive) == 0);  // its claim is in progress: repair first
     CHECK(r.try_repair(stuck, &pid_alive) == ring::repair_status::repaired);
     CHECK(r.try_repair(stuck, &pid_alive) == ring::repair_status::not_stalled);  // once only
     REQUIRE(receive(r, cursor, text, missed) == read_status::ok);
@@ -356,4 +363,153 @@ TEST_CASE_METHOD(block_ring, "a stale intent that spans a live claim is not repa
   REQUIRE(receive(r, cursor, text, missed) == read_status::ok);
   CHECK(text == "after");
   CHECK(missed == 0);
+}
+
+TEST_CASE_METHOD(block_ring, "a dead publisher's intent that names no claim in progress does not keep its slot",
+                 "[ring][liveness][process]") {
+  // A publisher stores its intent before it claims and clears it after it
+  // commits; killed in between it leaves an intent, and the slot is freed
+  // only without one. These intents name no claim that a reader could be
+  // stuck on, so nobody would ever repair them: the reclaim clears them.
+  REQUIRE(publish(r, pub, "before") == claim_status::ok);
+  REQUIRE(receive(r, cursor, text, missed) == read_status::ok);
+  r.publish_position(0, cursor);
+  const std::uint64_t tail = r.tail_position();
+
+  SECTION("killed after storing its intent, before its claim") {
+    kill_and_reap(fork_stale_intent(ch, tail, layout::frame_size(100)), SIGKILL);
+    CHECK(r.reclaim_dead_publishers(&pid_alive) == 1);
+    REQUIRE(publish(r, pub, "after") == claim_status::ok);
+    REQUIRE(receive(r, cursor, text, missed) == read_status::ok);
+    CHECK(text == "after");
+    CHECK(missed == 0);
+  }
+  SECTION("killed after its commit, before clearing its intent") {
+    const pid_t child = fork_publisher(ch, [tail](ring& mine, std::uint32_t slot) {
+      if (mine.publish_copy(std::as_bytes(std::span("done", 4)), slot) != claim_status::ok) return false;
+      // The intent of that claim, as it stood before the commit.
+      layout::publisher_slot& me = mine.publisher(slot);
+      std::atomic_ref<std::uint64_t>(me.intent_length).store(layout::frame_size(4));
+      std::atomic_ref<std::uint64_t>(me.intent_position).store(tail);
+      return true;
+    });
+    kill_and_reap(child, SIGKILL);
+    CHECK(r.reclaim_dead_publishers(&pid_alive) == 1);
+    REQUIRE(receive(r, cursor, text, missed) == read_status::ok);
+    CHECK(text == "done");
+  }
+  SECTION("killed before its claim, and a lap has gone by since") {
+    kill_and_reap(fork_stale_intent(ch, tail, layout::frame_size(100)), SIGKILL);
+    for (int i = 0; i < 30; ++i) {  // 30 frames of 160 bytes: more than the 4 KiB ring
+      REQUIRE(publish(r, pub, std::string(128, 'l')) == claim_status::ok);
+      REQUIRE(receive(r, cursor, text, missed) == read_status::ok);
+      r.publish_position(0, cursor);
+    }
+    REQUIRE(r.tail_position() - tail > r.capacity());
+    CHECK(r.reclaim_dead_publishers(&pid_alive) == 1);
+  }
+  SECTION("an intent that no claim could have stored") {
+    kill_and_reap(fork_stale_intent(ch, tail - 8, 40), SIGKILL);  // neither is a multiple of 32
+    CHECK(r.reclaim_dead_publishers(&pid_alive) == 1);
+  }
+  // The dead publisher's bit is gone: the one left claims alone again.
+  CHECK(std::atomic_ref<std::uint64_t>(r.header().active_publishers).load() == std::uint64_t{1} << pub);
+}
+
+namespace {
+
+/// What the lone publisher below sends: message i is 16 + (i % 7) * 8
+/// bytes, every 8-byte word i ^ (its index * a constant).
+std::size_t stress_length(std::uint64_t i) { return 16 + (i % 7) * 8; }
+std::uint64_t stress_word(std::uint64_t i, std::size_t k) { return i ^ (k * 0x9e3779b97f4a7c15ull); }
+
+/// The index of a well-formed stress message, or nothing.
+std::optional<std::uint64_t> stress_index(const std::string& text) {
+  if (text.size() < 16 || text.size() % 8 != 0) return std::nullopt;
+  std::uint64_t i = 0;
+  std::memcpy(&i, text.data(), sizeof i);
+  if (text.size() != stress_length(i)) return std::nullopt;
+  for (std::size_t k = 0; k < text.size() / 8; ++k) {
+    std::uint64_t w = 0;
+    std::memcpy(&w, text.data() + k * 8, sizeof w);
+    if (w != stress_word(i, k)) return std::nullopt;
+  }
+  return i;
+}
+
+}  // namespace
+
+TEST_CASE("a lone publisher SIGKILLed anywhere in publish_copy: readers go on and its slot is freed",
+          "[ring][liveness][process]") {
+  // The publisher is alone, so it takes publish_copy's straight path (and
+  // the general one at each wrap); the kill lands wherever it happens to
+  // be: before its intent, between intent and claim, between claim and
+  // commit, or after the commit. Whichever, a reader reads every message
+  // whole and in order, a claim left open is repaired, the slot is freed,
+  // and the next publisher claims alone.
+  for (int round = 0; round < 40; ++round) {
+    channel ch(layout::policy_overwrite);
+    ring& r = ch.view;
+    pipe_pair started;
+    const pid_t child = ::fork();
+    REQUIRE(child >= 0);
+    if (child == 0) {
+      ring mine = ring::attach(ch.region.bytes(), "liveness", nullptr);
+      const int slot = mine.register_publisher(::getpid(), 0);
+      if (slot < 0) ::_exit(1);
+      std::array<std::uint64_t, 8> words{};
+      for (std::uint64_t i = 0;; ++i) {
+        const std::size_t length = stress_length(i);
+        for (std::size_t k = 0; k < length / 8; ++k) words[k] = stress_word(i, k);
+        const auto bytes = std::as_bytes(std::span(words)).first(length);
+        if (mine.publish_copy(bytes, static_cast<std::uint32_t>(slot)) != claim_status::ok) ::_exit(2);
+        if (i == 1000 + static_cast<std::uint64_t>(round)) started.child_send('s');
+      }
+    }
+    REQUIRE(started.receive() == 's');
+    // Woken by the child's write, this process may have taken its CPU, and
+    // the child would then be killed where it wrote. Kill it once it has
+    // published again, so that the signal lands where it happens to be.
+    const std::uint64_t seen = r.tail_position();
+    while (r.tail_position() < seen + 4096) {
+    }
+    kill_and_reap(child, SIGKILL);
+
+    ring_cursor cursor;
+    REQUIRE(r.register_subscriber(::getpid(), 0, true, cursor) >= 0);
+    std::optional<std::uint64_t> last;
+    std::string text;
+    std::uint64_t missed = 0;
+    int repaired = 0;
+    for (;;) {
+      const read_status st = receive(r, cursor, text, missed);
+      if (st == read_status::ok) {
+        const std::optional<std::uint64_t> i = stress_index(text);
+        REQUIRE(i.has_value());
+        if (last) {
+          CHECK(*i == *last + 1);
+          CHECK(missed == 0);
+        }
+        last = i;
+        continue;
+      }
+      REQUIRE(st == read_status::empty);
+      if (cursor.position >= r.tail_position()) break;
+      // Stuck behind the dead publisher's last claim.
+      REQUIRE(r.try_repair(cursor.position, &pid_alive) == ring::repair_status::repaired);
+      ++repaired;
+    }
+    CHECK(last.has_value());
+    CHECK(repaired <= 1);  // one publisher, one claim at a time
+    CHECK(r.reclaim_dead_publishers(&pid_alive) == 1);
+    CHECK(std::atomic_ref<std::uint64_t>(r.header().active_publishers).load() == 0);
+    // (Were the dead one still registered, a newcomer would wait for its
+    // claim in flight; the liveness check lets it see that nothing will come.)
+    r.set_liveness(&pid_alive, std::chrono::nanoseconds(0));
+    const int pub = r.register_publisher(::getpid(), 0);
+    REQUIRE(pub >= 0);
+    REQUIRE(publish(r, static_cast<std::uint32_t>(pub), "after") == claim_status::ok);
+    REQUIRE(receive(r, cursor, text, missed) == read_status::ok);
+    CHECK(text == "after");
+  }
 }
