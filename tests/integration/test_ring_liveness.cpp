@@ -114,11 +114,17 @@ struct reader_and_publisher {
 using block_ring = reader_and_publisher<layout::policy_block>;
 using overwrite_ring = reader_and_publisher<layout::policy_overwrite>;
 
+/// The child of fork_publisher, once ready: waits to be killed.
+struct wait_for_kill {
+  void operator()(ring&, std::uint32_t) const { ::pause(); }
+};
+
 /// Forks a process that registers a publisher on `ch` and runs
-/// `in_child(its ring, its slot)` (false: the child fails), then stays
-/// until it is killed. Returns once the child has done that.
-template <class InChild>
-pid_t fork_publisher(channel& ch, InChild in_child) {
+/// `in_child(its ring, its slot)` (false: the child fails), then
+/// `when_ready(its ring, its slot)` until it is killed. Returns once the
+/// child has run in_child.
+template <class InChild, class WhenReady = wait_for_kill>
+pid_t fork_publisher(channel& ch, InChild in_child, WhenReady when_ready = {}) {
   pipe_pair ready;
   const pid_t child = ::fork();
   REQUIRE(child >= 0);
@@ -127,7 +133,7 @@ pid_t fork_publisher(channel& ch, InChild in_child) {
     const int slot = mine.register_publisher(::getpid(), 0);
     if (slot < 0 || !in_child(mine, static_cast<std::uint32_t>(slot))) ::_exit(1);
     ready.child_send('r');
-    ::pause();
+    when_ready(mine, static_cast<std::uint32_t>(slot));
     ::_exit(0);
   }
   REQUIRE(ready.receive() == 'r');
@@ -450,23 +456,20 @@ TEST_CASE("a lone publisher SIGKILLed anywhere in publish_copy: readers go on an
   for (int round = 0; round < 40; ++round) {
     channel ch(layout::policy_overwrite);
     ring& r = ch.view;
-    pipe_pair started;
-    const pid_t child = ::fork();
-    REQUIRE(child >= 0);
-    if (child == 0) {
-      ring mine = ring::attach(ch.region.bytes(), "liveness", nullptr);
-      const int slot = mine.register_publisher(::getpid(), 0);
-      if (slot < 0) ::_exit(1);
+    // Messages [from, to) through publish_copy; false if one is refused.
+    auto publish_stream = [](ring& mine, std::uint32_t slot, std::uint64_t from, std::uint64_t to) {
       std::array<std::uint64_t, 8> words{};
-      for (std::uint64_t i = 0;; ++i) {
+      for (std::uint64_t i = from; i != to; ++i) {
         const std::size_t length = stress_length(i);
         for (std::size_t k = 0; k < length / 8; ++k) words[k] = stress_word(i, k);
-        const auto bytes = std::as_bytes(std::span(words)).first(length);
-        if (mine.publish_copy(bytes, static_cast<std::uint32_t>(slot)) != claim_status::ok) ::_exit(2);
-        if (i == 1000 + static_cast<std::uint64_t>(round)) started.child_send('s');
+        if (mine.publish_copy(std::as_bytes(std::span(words)).first(length), slot) != claim_status::ok) return false;
       }
-    }
-    REQUIRE(started.receive() == 's');
+      return true;
+    };
+    const auto first = 1000 + static_cast<std::uint64_t>(round);
+    const pid_t child = fork_publisher(
+        ch, [&](ring& mine, std::uint32_t slot) { return publish_stream(mine, slot, 0, first); },
+        [&](ring& mine, std::uint32_t slot) { publish_stream(mine, slot, first, ~std::uint64_t{0}); });
     // Woken by the child's write, this process may have taken its CPU, and
     // the child would then be killed where it wrote. Kill it once it has
     // published again, so that the signal lands where it happens to be.
