@@ -8,7 +8,9 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <condition_variable>
 #include <cstdio>
+#include <deque>
 #include <exception>
 #include <future>
 #include <mutex>
@@ -106,25 +108,156 @@ std::uint64_t process_doorbells::add(const event_fd& bell) {
 
 void process_doorbells::remove(std::uint64_t id) noexcept { m_state->server.remove(id); }
 
+// ---- fetching in the background ------------------------------------------------
+
+/// One fetch, shared by the cache entry that asked for it and the fetcher
+/// thread; either may let go first. Guarded by its mutex.
+struct doorbell_fetch {
+  enum class outcome : std::uint8_t { waiting, fetched, failed };
+  process_identity owner;
+  std::uint64_t id = 0;
+  std::mutex mutex;
+  outcome result = outcome::waiting;
+  std::optional<event_fd> bell;  // fetched, until the cache takes it
+};
+
+namespace {
+
+/// This process's fetcher: one thread that runs fetch_doorbell for the
+/// queued fetches, one at a time, and rings each bell it gets once (the
+/// ring that asked for it, and any asked for while it was on its way).
+/// It blocks every signal, as the server's thread does.
+struct fetcher_state {
+  std::int32_t pid = static_cast<std::int32_t>(::getpid());
+  std::mutex mutex;
+  std::condition_variable wake;
+  std::deque<std::shared_ptr<doorbell_fetch>> queue;
+  bool stopping = false;
+  std::thread thread;
+
+  fetcher_state() {
+    sigset_t all, previous;
+    sigfillset(&all);
+    ::pthread_sigmask(SIG_SETMASK, &all, &previous);
+    try {
+      thread = std::thread([this] { run(); });
+    } catch (...) {
+      ::pthread_sigmask(SIG_SETMASK, &previous, nullptr);
+      throw;
+    }
+    ::pthread_sigmask(SIG_SETMASK, &previous, nullptr);
+  }
+  /// At exit: a fetch under way ends by its deadline (1 s) at the latest.
+  ~fetcher_state() {
+    {
+      std::lock_guard lock(mutex);
+      stopping = true;
+    }
+    wake.notify_one();
+    thread.join();
+  }
+
+  void push(std::shared_ptr<doorbell_fetch> f) {
+    {
+      std::lock_guard lock(mutex);
+      queue.push_back(std::move(f));
+    }
+    wake.notify_one();
+  }
+
+  void run() {
+    for (;;) {
+      std::shared_ptr<doorbell_fetch> f;
+      {
+        std::unique_lock lock(mutex);
+        wake.wait(lock, [this] { return stopping || !queue.empty(); });
+        if (stopping) return;
+        f = std::move(queue.front());
+        queue.pop_front();
+      }
+      std::optional<event_fd> got;
+      try {
+        got = fetch_doorbell(f->owner, f->id);
+      } catch (const std::exception&) {
+        // Dead owner, no such doorbell, deadline: the cache remembers it.
+      }
+      std::lock_guard lock(f->mutex);
+      if (got) {
+        (void)got->try_signal();
+        f->bell = std::move(got);
+        f->result = doorbell_fetch::outcome::fetched;
+      } else {
+        f->result = doorbell_fetch::outcome::failed;
+      }
+    }
+  }
+};
+
+/// As for the server: one per process, joined at exit, made anew after fork.
+struct fetcher_holder {
+  std::mutex mutex;
+  fetcher_state* current = nullptr;
+  ~fetcher_holder() {
+    if (current != nullptr && current->pid == static_cast<std::int32_t>(::getpid())) delete current;
+  }
+};
+
+fetcher_state& the_fetcher() {
+  static fetcher_holder h;
+  std::lock_guard lock(h.mutex);
+  const auto pid = static_cast<std::int32_t>(::getpid());
+  if (h.current == nullptr || h.current->pid != pid) h.current = new fetcher_state();
+  return *h.current;
+}
+
+}  // namespace
+
 bool doorbell_cache::ring(std::uint32_t index, const owner& who, std::chrono::milliseconds retry_after) noexcept {
   if (index >= m_entries.size() || who.doorbell_id == 0) return false;
   entry& e = m_entries[index];
   const bool same = e.who.incarnation == who.incarnation && e.who.process == who.process &&
                     e.who.doorbell_id == who.doorbell_id;
   if (!same) {
-    e = entry{};
+    e = entry{};  // a fetch on its way for the last incarnation rings that one, harmlessly
     e.who = who;
   }
   if (!e.bell) {
     const auto now = std::chrono::steady_clock::now();
-    if (e.failed && now - e.failed_at < retry_after) return false;
-    try {
-      e.bell = fetch_doorbell(who.process, who.doorbell_id);
+    if (const std::shared_ptr<doorbell_fetch> f = e.fetch) {
+      std::lock_guard lock(f->mutex);
+      switch (f->result) {
+        case doorbell_fetch::outcome::waiting:
+          return true;  // the fetcher rings it when it arrives
+        case doorbell_fetch::outcome::fetched:
+          e.bell = std::move(f->bell);  // rung once on arrival; this ring is a new one
+          break;
+        case doorbell_fetch::outcome::failed:
+          e.failed = true;
+          e.failed_at = now;
+          break;
+      }
+      e.fetch.reset();
+    }
+    if (!e.bell) {
+      if (e.failed && now - e.failed_at < retry_after) return false;
       e.failed = false;
-    } catch (const std::exception&) {
-      e.failed = true;
-      e.failed_at = now;
-      return false;
+      try {
+        auto f = std::make_shared<doorbell_fetch>();
+        f->owner = who.process;
+        f->id = who.doorbell_id;
+        the_fetcher().push(f);
+        e.fetch = std::move(f);
+        return true;
+      } catch (const std::exception&) {
+        // No memory or no thread for the fetcher: fetch here, as a last resort.
+      }
+      try {
+        e.bell = fetch_doorbell(who.process, who.doorbell_id);
+      } catch (const std::exception&) {
+        e.failed = true;
+        e.failed_at = now;
+        return false;
+      }
     }
   }
   return e.bell->try_signal() == 0;

@@ -4,14 +4,23 @@
 // One doorbell_server per process (it is named after the process). It is
 // served by a thread of its own with its own scheduler, started when the
 // first doorbell is added. That thread only answers fetches; it never
-// fetches, so two processes whose loops fetch from each other at the same
-// moment cannot wait on each other: each side's server answers while its
-// loop thread is blocked in fetch_doorbell (a one-time, bounded exchange per
-// peer, not per message).
+// fetches, so two processes that fetch from each other at the same moment
+// cannot wait on each other: each side's server answers while its fetcher
+// is blocked in fetch_doorbell (a one-time, bounded exchange per peer, not
+// per message).
+//
+// Fetching is off the caller's thread too. The first ring of another
+// process's doorbell needs a socket exchange with that process (tens of
+// µs; up to the fetch's 1 s deadline when the owner is stopped or starved
+// of CPU), and the caller is a publisher inside try_publish, which must
+// not wait. doorbell_cache hands the fetch to a fetcher thread of this
+// process (started on first need, one per process, not the server's
+// thread) and returns; the fetcher rings the bell itself once it has it,
+// and the cache takes the descriptor over on its next ring.
 //
 // fork(): a child is a new process with a new identity; its first use
-// starts a server of its own. The parent's server state is left untouched
-// (its thread does not exist in the child).
+// starts a server (and a fetcher) of its own. The parent's states are left
+// untouched (their threads do not exist in the child).
 #pragma once
 
 #include <shmbus/detail/doorbell.hpp>
@@ -20,6 +29,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <vector>
 
@@ -44,9 +54,12 @@ class process_doorbells {
   state* m_state;
 };
 
+/// A doorbell being fetched by this process's fetcher thread (.cpp).
+struct doorbell_fetch;
+
 /// The doorbells of the owners of a table of slots (one entry per slot),
-/// fetched on first use and kept while the slot's incarnation lasts.
-/// Owned by one handle; not thread-safe.
+/// fetched on first use (in the background) and kept while the slot's
+/// incarnation lasts. Owned by one handle; not thread-safe.
 class doorbell_cache {
  public:
   explicit doorbell_cache(std::size_t slots) : m_entries(slots) {}
@@ -58,10 +71,13 @@ class doorbell_cache {
     std::uint64_t doorbell_id = 0;
   };
 
-  /// Rings slot `index`'s doorbell, fetching it first if this incarnation's
-  /// is not cached. A failed fetch (dead owner, no such doorbell) is
+  /// Rings slot `index`'s doorbell. If this incarnation's is not cached,
+  /// asks the fetcher thread for it and returns at once: the fetcher rings
+  /// it when it arrives (a ring while it is on its way is folded into that
+  /// one). A failed fetch (dead owner, no such doorbell, deadline) is
   /// remembered for `retry_after`, so a dead slot costs no system call per
-  /// message. Returns false when the bell could not be rung. noexcept.
+  /// message. Returns false when the bell could not be rung and will not
+  /// be. Never blocks on another process; noexcept.
   bool ring(std::uint32_t index, const owner& who,
             std::chrono::milliseconds retry_after = std::chrono::milliseconds(100)) noexcept;
 
@@ -69,6 +85,7 @@ class doorbell_cache {
   struct entry {
     owner who;
     std::optional<event_fd> bell;
+    std::shared_ptr<doorbell_fetch> fetch;  // on its way
     std::chrono::steady_clock::time_point failed_at{};
     bool failed = false;
   };

@@ -1,7 +1,8 @@
 // Channels between real processes, through the public API: subscribers
 // asleep on their doorbells in other processes, held-back publishers,
 // SIGKILLed subscribers and publishers, a SIGSTOPped publisher that must
-// not be taken for dead. The other processes are tests/support/channel_helper
+// not be taken for dead, a SIGSTOPped subscriber that must not hold up a
+// publisher's first wake-up of it. The other processes are tests/support/channel_helper
 // (fork + exec), on a channel in /dev/shm created here.
 #include <shmbus/channel.hpp>
 #include <shmbus/scheduler.hpp>
@@ -17,6 +18,7 @@
 #include <cstdlib>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 using namespace std::chrono_literals;
@@ -221,4 +223,28 @@ TEST_CASE("a stopped publisher is never taken for dead; its late commit is deliv
   CHECK(s.run(read_two()) == std::vector<std::uint32_t>{9, 1});
   claimer.close_stdin();
   CHECK(claimer.wait() == 0);
+}
+
+TEST_CASE("waking a stopped subscriber for the first time does not wait for it", "[channel][processes][liveness]") {
+  // The first wake-up of a subscriber in another process fetches its
+  // doorbell from that process. Stopped, it cannot answer; a publisher
+  // that fetched on its own thread would wait for the fetch's deadline
+  // inside try_publish, then give the wake-up up, and this subscriber,
+  // which has no liveness wake-ups, would sleep for good. The fetch runs in
+  // the background instead and rings the subscriber once it can.
+  shmbus::channel_options o;
+  o.max_message = shmbus::test::max_record_length;
+  shared_channel sc("stopped-subscriber", o);
+  helper_process sleeper({helper_path(), "await_one", sc.name});
+  REQUIRE(sleeper.read_line() == "ready");
+  while (sc.ch.stats().parked == 0) std::this_thread::yield();  // asleep on its doorbell
+  shmbus::test::stop_and_wait(sleeper.pid());
+  shmbus::byte_publisher pub(sc.ch);
+  std::vector<std::byte> buffer(shmbus::test::max_record_length);
+  const auto rec = shmbus::test::make_record(buffer, 1, 0);
+  REQUIRE(pub.try_publish(rec) == shmbus::publish_status::ok);
+  CHECK(sc.ch.stats().parked == 0);  // taken: the ring is on its way
+  REQUIRE(::kill(sleeper.pid(), SIGCONT) == 0);
+  CHECK(sleeper.read_line() == fmt::format("got {}", rec.size()));
+  CHECK(sleeper.wait() == 0);
 }

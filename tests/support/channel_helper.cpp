@@ -20,6 +20,10 @@
 //       pause of random length after about one record in 32, and after
 //       each burst waits for one message on ACK_NAME. A wake-up lost by
 //       either side hangs both: nothing else would wake them.
+//   channel_helper await_one NAME
+//       subscribes in pure event mode with no liveness wake-ups, prints
+//       "ready", waits for one message (co_await next()), prints
+//       "got LENGTH", exits 0. Only a publisher's ring can wake it.
 //   channel_helper claim NAME
 //       claims room for one record (a loan), prints "claimed", waits for a
 //       line on stdin, commits it as record {ID 9, sequence 0}, prints
@@ -153,6 +157,17 @@ int main(int argc, char** argv) {
       wait_eof();
       return 0;
     }
+    if (mode == "await_one" && argc == 3) {
+      shmbus::scheduler s;
+      shmbus::byte_subscriber sub(open_channel(argv[2]),
+                                  {.spin = std::chrono::nanoseconds(0), .liveness_check = std::chrono::hours(24)});
+      say("ready");
+      auto one = [&]() -> shmbus::task<std::size_t> { co_return (co_await sub.next()).data.size(); };
+      const std::size_t length = s.run(one());
+      std::printf("got %zu\n", length);
+      std::fflush(stdout);
+      return 0;
+    }
     if (mode == "claim" && argc == 3) {
       shmbus::byte_publisher pub(open_channel(argv[2]));
       std::vector<std::byte> buffer(max_record_length);
@@ -167,7 +182,7 @@ int main(int argc, char** argv) {
       wait_eof();
       return 0;
     }
-    std::fprintf(stderr, "usage: channel_helper publish|churn|bursts|subscribe|hold|claim NAME ...\n");
+    std::fprintf(stderr, "usage: channel_helper publish|churn|bursts|subscribe|hold|await_one|claim NAME ...\n");
     return 2;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "channel_helper: %s\n", e.what());
