@@ -19,6 +19,26 @@
 
 namespace shmbus::detail {
 
+namespace {
+
+/// Starts `body` on a thread that blocks every signal (the new thread
+/// inherits the mask it is created with): signals meant for the
+/// application (a signalfd for SIGTERM, a handler) must never land on a
+/// thread it does not know about.
+template <class Body>
+std::thread start_thread_without_signals(Body body) {
+  sigset_t all, previous;
+  sigfillset(&all);
+  ::pthread_sigmask(SIG_SETMASK, &all, &previous);
+  struct restore_mask {
+    sigset_t* m_mask;
+    ~restore_mask() { ::pthread_sigmask(SIG_SETMASK, m_mask, nullptr); }
+  } restore{&previous};
+  return std::thread(std::move(body));
+}
+
+}  // namespace
+
 struct process_doorbells::state {
   std::int32_t pid = static_cast<std::int32_t>(::getpid());
   doorbell_server server;  // binds now: early clients wait in the backlog
@@ -29,17 +49,7 @@ struct process_doorbells::state {
   state() {
     std::promise<void> started;
     std::future<void> ready = started.get_future();
-    // The thread blocks every signal (it inherits the mask it is created
-    // with): signals meant for the application (a signalfd for SIGTERM, a
-    // handler) must never land on a thread it does not know about.
-    sigset_t all, previous;
-    sigfillset(&all);
-    ::pthread_sigmask(SIG_SETMASK, &all, &previous);
-    struct restore_mask {
-      sigset_t* m_mask;
-      ~restore_mask() { ::pthread_sigmask(SIG_SETMASK, m_mask, nullptr); }
-    } restore{&previous};
-    thread = std::thread([this, &started] {
+    thread = start_thread_without_signals([this, &started] {
       std::unique_ptr<scheduler> loop;
       try {
         loop = std::make_unique<scheduler>();
@@ -126,7 +136,6 @@ namespace {
 /// This process's fetcher: one thread that runs fetch_doorbell for the
 /// queued fetches, one at a time, and rings each bell it gets once (the
 /// ring that asked for it, and any asked for while it was on its way).
-/// It blocks every signal, as the server's thread does.
 struct fetcher_state {
   std::int32_t pid = static_cast<std::int32_t>(::getpid());
   std::mutex mutex;
@@ -135,18 +144,7 @@ struct fetcher_state {
   bool stopping = false;
   std::thread thread;
 
-  fetcher_state() {
-    sigset_t all, previous;
-    sigfillset(&all);
-    ::pthread_sigmask(SIG_SETMASK, &all, &previous);
-    try {
-      thread = std::thread([this] { run(); });
-    } catch (...) {
-      ::pthread_sigmask(SIG_SETMASK, &previous, nullptr);
-      throw;
-    }
-    ::pthread_sigmask(SIG_SETMASK, &previous, nullptr);
-  }
+  fetcher_state() : thread(start_thread_without_signals([this] { run(); })) {}
   /// At exit: a fetch under way ends by its deadline (1 s) at the latest.
   ~fetcher_state() {
     {
