@@ -37,6 +37,26 @@ std::thread start_thread_without_signals(Body body) {
   return std::thread(std::move(body));
 }
 
+/// This process's T (which records the pid that made it in `pid`), made on
+/// first use; stopped and joined at exit. After fork() the one inherited
+/// from the parent belongs to the parent (its threads do not exist here):
+/// it is left alone (leaked) and a new one is made.
+template <class T>
+T& this_process_instance() {
+  struct holder {
+    std::mutex mutex;
+    T* current = nullptr;
+    ~holder() {
+      if (current != nullptr && current->pid == static_cast<std::int32_t>(::getpid())) delete current;
+    }
+  };
+  static holder h;
+  std::lock_guard lock(h.mutex);
+  const auto pid = static_cast<std::int32_t>(::getpid());
+  if (h.current == nullptr || h.current->pid != pid) h.current = new T();
+  return *h.current;
+}
+
 }  // namespace
 
 struct process_doorbells::state {
@@ -80,32 +100,8 @@ struct process_doorbells::state {
   }
 };
 
-namespace {
-
-/// This process's state. Stopped and joined at exit. After fork() the
-/// pointer inherited from the parent names the parent's server, whose thread
-/// does not exist here: it is left alone (leaked) and a new one is made.
-struct holder {
-  std::mutex mutex;
-  process_doorbells::state* current = nullptr;
-  ~holder() {
-    if (current != nullptr && current->pid == static_cast<std::int32_t>(::getpid())) delete current;
-  }
-};
-
-holder& the_holder() {
-  static holder h;
-  return h;
-}
-
-}  // namespace
-
 process_doorbells process_doorbells::instance() {
-  holder& h = the_holder();
-  std::lock_guard lock(h.mutex);
-  const auto pid = static_cast<std::int32_t>(::getpid());
-  if (h.current == nullptr || h.current->pid != pid) h.current = new state();
-  return process_doorbells(h.current);  // states live until exit
+  return process_doorbells(&this_process_instance<state>());  // states live until exit
 }
 
 const process_identity& process_doorbells::identity() const noexcept { return m_state->server.identity(); }
@@ -191,23 +187,6 @@ struct fetcher_state {
   }
 };
 
-/// As for the server: one per process, joined at exit, made anew after fork.
-struct fetcher_holder {
-  std::mutex mutex;
-  fetcher_state* current = nullptr;
-  ~fetcher_holder() {
-    if (current != nullptr && current->pid == static_cast<std::int32_t>(::getpid())) delete current;
-  }
-};
-
-fetcher_state& the_fetcher() {
-  static fetcher_holder h;
-  std::lock_guard lock(h.mutex);
-  const auto pid = static_cast<std::int32_t>(::getpid());
-  if (h.current == nullptr || h.current->pid != pid) h.current = new fetcher_state();
-  return *h.current;
-}
-
 }  // namespace
 
 bool doorbell_cache::ring(std::uint32_t index, const owner& who, std::chrono::milliseconds retry_after) noexcept {
@@ -243,7 +222,7 @@ bool doorbell_cache::ring(std::uint32_t index, const owner& who, std::chrono::mi
         auto f = std::make_shared<doorbell_fetch>();
         f->owner = who.process;
         f->id = who.doorbell_id;
-        the_fetcher().push(f);
+        this_process_instance<fetcher_state>().push(f);
         e.fetch = std::move(f);
         return true;
       } catch (const std::exception&) {
