@@ -318,7 +318,15 @@ class ring {
   claim_status publish_copy_claimed(std::span<const std::byte> bytes, std::uint32_t publisher_index) noexcept;
   /// After a commit: counts a data frame in the publisher's slot.
   static void count_published(layout::publisher_slot& me) noexcept;
-  void store_commit(std::uint64_t position, std::memory_order order = std::memory_order_release) noexcept;
+  void store_commit(std::uint64_t position, bool fenced = false) noexcept;
+  /// After a commit, off the path a waiting subscriber is on: true if the
+  /// claim [start, end) starts on a resync segment boundary or passes one,
+  /// and so must record hints (note_resync_hints). Its first and last bytes
+  /// lie in different segments, counting the byte before its start: one
+  /// shift and compare.
+  bool passes_segment_boundary(std::uint64_t start, std::uint64_t end) const noexcept {
+    return ((start - 1) >> m_segment_shift) != ((end - 1) >> m_segment_shift);
+  }
   void commit_as(const claim& c, std::uint32_t publisher_index, std::uint16_t type) noexcept;
   bool unchanged_since(std::uint64_t position, std::uint64_t commit) const noexcept;
   std::uint64_t load_commit(std::uint64_t position) const noexcept;
@@ -439,7 +447,7 @@ inline void ring::publish_position(std::uint32_t index, const ring_cursor& curso
   ring_detail::shared(slot.sequence).store(cursor.sequence, std::memory_order_relaxed);
   // release: publishers that acquire the position may reuse the bytes before
   // it. seq_cst when waiting publishers are looked at next. Each order is
-  // spelled as a constant (see store_commit).
+  // spelled as a constant (see store_commit_word).
   auto position = ring_detail::shared(slot.position);
   if (then_check_waiters)
     position.store(cursor.position, std::memory_order_seq_cst);
@@ -494,8 +502,8 @@ inline void ring::store_commit_word(layout::frame_header& f, std::uint64_t word,
     commit.store(word, std::memory_order_release);
 }
 
-inline void ring::store_commit(std::uint64_t position, std::memory_order order) noexcept {
-  store_commit_word(frame_at(position), position ^ m_salt, order == std::memory_order_seq_cst);
+inline void ring::store_commit(std::uint64_t position, bool fenced) noexcept {
+  store_commit_word(frame_at(position), position ^ m_salt, fenced);
 }
 
 inline void ring::count_published(layout::publisher_slot& me) noexcept {
@@ -594,17 +602,12 @@ inline void ring::commit_as(const claim& c, std::uint32_t publisher_index, std::
   write_frame_header(c.frame_position, c.length, type, c.sequence, publisher_index);
   // seq_cst: the first half of the parking handshake, unless a parking
   // subscriber runs a heavy barrier for us (unfenced_publishers).
-  store_commit(c.frame_position, m_unfenced ? std::memory_order_release : std::memory_order_seq_cst);
+  store_commit(c.frame_position, !m_unfenced);
   layout::publisher_slot& me = m_publishers[publisher_index];
   ring_detail::shared(me.intent_position).store(~std::uint64_t{0}, std::memory_order_release);
   if (type == layout::frame_data) count_published(me);
-  // After the commit, off the path a waiting subscriber is on: a claim
-  // that starts on a segment boundary or passes one records a hint. (Its
-  // first and last bytes lie in different segments, counting the byte
-  // before the claim's start: one shift and compare.)
   const std::uint64_t end = c.frame_position + layout::frame_size(c.length);
-  if (((c.claim_position - 1) >> m_segment_shift) != ((end - 1) >> m_segment_shift)) [[unlikely]]
-    note_resync_hints(c, end);
+  if (passes_segment_boundary(c.claim_position, end)) [[unlikely]] note_resync_hints(c, end);
 }
 
 inline claim_status ring::publish_copy(std::span<const std::byte> bytes, std::uint32_t publisher_index) noexcept {
@@ -633,7 +636,6 @@ inline claim_status ring::publish_copy(std::span<const std::byte> bytes, std::ui
       if ((offset & (layout::cache_line - 1)) + frame_bytes <= layout::cache_line) prefetch_for_write(base + offset);
       const std::uint64_t salt = m_salt;
       const bool fenced = !m_unfenced;
-      const unsigned segment_shift = m_segment_shift;
       ring_detail::shared(me.intent_length).store(frame_bytes, std::memory_order_relaxed);
       ring_detail::shared(me.intent_sequence).store(sequence, std::memory_order_relaxed);
       ring_detail::shared(me.intent_position).store(position, std::memory_order_relaxed);
@@ -654,7 +656,7 @@ inline claim_status ring::publish_copy(std::span<const std::byte> bytes, std::ui
         store_commit_word(f, position ^ salt, fenced);
         ring_detail::shared(me.intent_position).store(~std::uint64_t{0}, std::memory_order_release);
         count_published(me);
-        if (((position - 1) >> segment_shift) != ((end - 1) >> segment_shift)) [[unlikely]]
+        if (passes_segment_boundary(position, end)) [[unlikely]]
           note_resync_hints({position, position, sequence, nullptr, length}, end);
         return claim_status::ok;
       }
