@@ -6,11 +6,13 @@
 #include "notify/doorbell_socket.hpp"
 
 #include <fmt/format.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <string_view>
@@ -25,10 +27,13 @@ using clock = std::chrono::steady_clock;
 /// the kernel closes any beyond what the control buffer holds.
 constexpr std::size_t max_received_fds = 8;
 
-/// One fetch: what every error message names, and the shared deadline.
-class fetch {
+}  // namespace
+
+/// One fetch: what every error message names, the shared deadline, and
+/// the socket once connected.
+class doorbell_request::steps {
  public:
-  fetch(const process_identity& owner, std::uint64_t id, std::chrono::milliseconds timeout)
+  steps(const process_identity& owner, std::uint64_t id, std::chrono::milliseconds timeout)
       : m_owner(owner),
         m_id(id),
         m_timeout(timeout),
@@ -49,50 +54,57 @@ class fetch {
                             m_timeout.count()));
   }
 
-  /// Sets SO_SNDTIMEO or SO_RCVTIMEO to what is left of the deadline (a
-  /// zero timeval would mean "forever", so an expired deadline throws).
-  void arm(int fd, int option, std::string_view waiting_for) const {
+  /// Sets SO_SNDTIMEO to what is left of the deadline (a zero timeval
+  /// would mean "forever", so an expired deadline throws).
+  void arm_send(int fd, std::string_view waiting_for) const {
     const auto left = std::chrono::ceil<std::chrono::microseconds>(m_deadline - clock::now());
     if (left <= std::chrono::microseconds::zero()) fail_timeout(waiting_for);
     timeval tv{};
     tv.tv_sec = static_cast<time_t>(left.count() / 1'000'000);
     tv.tv_usec = static_cast<suseconds_t>(left.count() % 1'000'000);
-    if (::setsockopt(fd, SOL_SOCKET, option, &tv, sizeof tv) != 0) fail_errno(errno, "setsockopt");
+    if (::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) != 0) fail_errno(errno, "setsockopt");
   }
 
-  event_fd run();
+  /// Connects, checks the server, sends the request.
+  void send();
+  /// The reply if it has come (never blocks); throws once the deadline
+  /// has passed without one.
+  std::optional<event_fd> try_receive() const;
+
+  int socket() const noexcept { return m_socket.get(); }
+  clock::time_point deadline() const noexcept { return m_deadline; }
 
  private:
   void connect(int fd) const;
   void check_server(int fd) const;
   void send_request(int fd) const;
-  event_fd receive_reply(int fd) const;
 
-  const process_identity& m_owner;
+  process_identity m_owner;
   std::uint64_t m_id;
   std::chrono::milliseconds m_timeout;
   clock::time_point m_deadline;
   std::string m_name;
   std::string m_shown;
+  unique_fd m_socket;
 };
 
-event_fd fetch::run() {
+void doorbell_request::steps::send() {
   if (m_owner.pid <= 0) fail(doorbell_errc::owner_dead, "not a process id");
   unique_fd sock(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
   if (!sock) fail_errno(errno, "socket");
   connect(sock.get());
   check_server(sock.get());
   send_request(sock.get());
-  return receive_reply(sock.get());
+  m_socket = std::move(sock);
 }
 
 /* Connecting. No listener on the name (ECONNREFUSED) means the owner is
  * dead or does not serve doorbells; is_alive tells which. A full backlog
  * makes connect(2) wait, bounded by SO_SNDTIMEO (it then fails EAGAIN). */
-void fetch::connect(int fd) const {
+void doorbell_request::steps::connect(int fd) const {
   const abstract_address address(m_name);
   for (;;) {
-    arm(fd, SO_SNDTIMEO, "connection");
+    arm_send(fd, "connection");
     if (::connect(fd, address.get(), address.m_length) == 0) return;
     const int err = errno;
     switch (err) {
@@ -115,7 +127,7 @@ void fetch::connect(int fd) const {
  * the socket we reached: it must be the owner's pid, and that pid must
  * still belong to a process started at the owner's start time (otherwise
  * the owner died and a process that reused its pid holds the name). */
-void fetch::check_server(int fd) const {
+void doorbell_request::steps::check_server(int fd) const {
   ucred cred{};
   socklen_t length = sizeof cred;
   if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &length) != 0) fail_errno(errno, "getsockopt(SO_PEERCRED)");
@@ -129,10 +141,10 @@ void fetch::check_server(int fd) const {
                      m_owner.start_time));
 }
 
-void fetch::send_request(int fd) const {
+void doorbell_request::steps::send_request(int fd) const {
   const doorbell_wire::request request{doorbell_wire::request_magic, doorbell_wire::version, 0, m_id};
   for (;;) {
-    arm(fd, SO_SNDTIMEO, "room to send the request");
+    arm_send(fd, "room to send the request");
     const ssize_t n = ::send(fd, &request, sizeof request, MSG_NOSIGNAL);
     if (n == static_cast<ssize_t>(sizeof request)) return;
     if (n >= 0) fail(doorbell_errc::bad_reply, fmt::format("sent {} of {} bytes", n, sizeof request));
@@ -151,25 +163,28 @@ void fetch::send_request(int fd) const {
  * one descriptor in one SOL_SOCKET/SCM_RIGHTS control message; anything
  * else is a bad reply. Every descriptor received is owned at once (so
  * extras are closed on every path), and received close-on-exec. */
-event_fd fetch::receive_reply(int fd) const {
+std::optional<event_fd> doorbell_request::steps::try_receive() const {
+  const int fd = m_socket.get();
   alignas(8) unsigned char buffer[64];
   alignas(cmsghdr) unsigned char control[CMSG_SPACE(sizeof(int) * max_received_fds)];
   iovec iov{};
   msghdr msg{};
   ssize_t n = -1;
   for (;;) {
-    arm(fd, SO_RCVTIMEO, "reply");
     iov = {buffer, sizeof buffer};
     msg = {};
     msg.msg_iov = &iov;
     msg.msg_iovlen = 1;
     msg.msg_control = control;
     msg.msg_controllen = sizeof control;
-    n = ::recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
+    n = ::recvmsg(fd, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
     if (n >= 0) break;
     const int err = errno;
     if (err == EINTR) continue;
-    if (err == EAGAIN || err == EWOULDBLOCK) fail_timeout("reply");
+    if (err == EAGAIN || err == EWOULDBLOCK) {
+      if (clock::now() >= m_deadline) fail_timeout("reply");
+      return std::nullopt;
+    }
     if (err == ECONNRESET) fail(doorbell_errc::bad_reply, "the server reset the connection");
     fail_errno(err, "recvmsg");
   }
@@ -241,10 +256,36 @@ event_fd fetch::receive_reply(int fd) const {
   }
 }
 
-}  // namespace
+// ---- doorbell_request -------------------------------------------------------
+
+doorbell_request::doorbell_request(const process_identity& owner, std::uint64_t id, std::chrono::milliseconds timeout)
+    : m_steps(std::make_unique<steps>(owner, id, timeout)) {
+  m_steps->send();
+}
+
+doorbell_request::doorbell_request(doorbell_request&&) noexcept = default;
+doorbell_request& doorbell_request::operator=(doorbell_request&&) noexcept = default;
+doorbell_request::~doorbell_request() = default;
+
+int doorbell_request::native_handle() const noexcept { return m_steps->socket(); }
+
+std::chrono::steady_clock::time_point doorbell_request::deadline() const noexcept { return m_steps->deadline(); }
+
+std::optional<event_fd> doorbell_request::try_receive() { return m_steps->try_receive(); }
+
+event_fd doorbell_request::receive() {
+  for (;;) {
+    if (std::optional<event_fd> bell = m_steps->try_receive()) return std::move(*bell);
+    const auto left = std::chrono::ceil<std::chrono::milliseconds>(m_steps->deadline() - clock::now());
+    pollfd pfd{m_steps->socket(), POLLIN, 0};
+    if (::poll(&pfd, 1, static_cast<int>(std::max<std::chrono::milliseconds::rep>(left.count(), 0))) < 0 &&
+        errno != EINTR)
+      m_steps->fail_errno(errno, "poll");
+  }
+}
 
 event_fd fetch_doorbell(const process_identity& owner, std::uint64_t id, std::chrono::milliseconds timeout) {
-  return fetch(owner, id, timeout).run();
+  return doorbell_request(owner, id, timeout).receive();
 }
 
 }  // namespace shmbus::detail

@@ -4,11 +4,12 @@
 #include <shmbus/scheduler.hpp>
 
 #include <fmt/format.h>
+#include <poll.h>
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
-#include <condition_variable>
 #include <cstdio>
 #include <deque>
 #include <exception>
@@ -122,32 +123,48 @@ struct doorbell_fetch {
   enum class outcome : std::uint8_t { waiting, fetched, failed };
   process_identity owner;
   std::uint64_t id = 0;
+  std::chrono::milliseconds timeout{};
   std::mutex mutex;
   outcome result = outcome::waiting;
   std::optional<event_fd> bell;  // fetched, until the cache takes it
+
+  /// The fetcher's last word on it: rings a bell it got once (the ring
+  /// that asked for it, and any asked for while it was on its way).
+  void settle(std::optional<event_fd> got) noexcept {
+    std::lock_guard lock(mutex);
+    if (got) {
+      (void)got->try_signal();
+      bell = std::move(got);
+      result = outcome::fetched;
+    } else {
+      result = outcome::failed;
+    }
+  }
 };
 
 namespace {
 
-/// This process's fetcher: one thread that runs fetch_doorbell for the
-/// queued fetches, one at a time, and rings each bell it gets once (the
-/// ring that asked for it, and any asked for while it was on its way).
+/// This process's fetcher: one thread with every queued fetch under way at
+/// once. It sends each request as it arrives (doorbell_request), then
+/// polls all their sockets and its wake-up eventfd, so that an owner that
+/// does not answer holds up only its own fetch, until its deadline.
 struct fetcher_state {
   std::int32_t pid = static_cast<std::int32_t>(::getpid());
   std::mutex mutex;
-  std::condition_variable wake;
   std::deque<std::shared_ptr<doorbell_fetch>> queue;
   bool stopping = false;
+  event_fd wake;  // a push or the stop
   std::thread thread;
 
   fetcher_state() : thread(start_thread_without_signals([this] { run(); })) {}
-  /// At exit: a fetch under way ends by its deadline (1 s) at the latest.
+  /// At exit: fetches under way are dropped (their handles are going too);
+  /// a connect(2) to a full backlog ends by its deadline at the latest.
   ~fetcher_state() {
     {
       std::lock_guard lock(mutex);
       stopping = true;
     }
-    wake.notify_one();
+    (void)wake.try_signal();
     thread.join();
   }
 
@@ -156,33 +173,67 @@ struct fetcher_state {
       std::lock_guard lock(mutex);
       queue.push_back(std::move(f));
     }
-    wake.notify_one();
+    (void)wake.try_signal();
   }
 
   void run() {
+    struct under_way {
+      std::shared_ptr<doorbell_fetch> fetch;
+      doorbell_request request;
+    };
+    std::vector<under_way> pending;
+    std::vector<pollfd> polled;
     for (;;) {
-      std::shared_ptr<doorbell_fetch> f;
+      std::deque<std::shared_ptr<doorbell_fetch>> arrived;
       {
-        std::unique_lock lock(mutex);
-        wake.wait(lock, [this] { return stopping || !queue.empty(); });
+        std::lock_guard lock(mutex);
         if (stopping) return;
-        f = std::move(queue.front());
-        queue.pop_front();
+        arrived.swap(queue);
       }
-      std::optional<event_fd> got;
-      try {
-        got = fetch_doorbell(f->owner, f->id);
-      } catch (const std::exception&) {
-        // Dead owner, no such doorbell, deadline: the cache remembers it.
+      for (std::shared_ptr<doorbell_fetch>& f : arrived) {
+        try {
+          pending.push_back({f, doorbell_request(f->owner, f->id, f->timeout)});
+        } catch (const std::exception&) {
+          f->settle(std::nullopt);  // dead owner, nobody serving, no memory: the cache remembers it
+        }
       }
-      std::lock_guard lock(f->mutex);
-      if (got) {
-        (void)got->try_signal();
-        f->bell = std::move(got);
-        f->result = doorbell_fetch::outcome::fetched;
-      } else {
-        f->result = doorbell_fetch::outcome::failed;
+
+      polled.assign(1, pollfd{wake.native_handle(), POLLIN, 0});
+      auto first_deadline = std::chrono::steady_clock::time_point::max();
+      for (const under_way& u : pending) {
+        polled.push_back(pollfd{u.request.native_handle(), POLLIN, 0});
+        first_deadline = std::min(first_deadline, u.request.deadline());
       }
+      int wait_ms = -1;
+      if (!pending.empty()) {
+        const auto left = std::chrono::ceil<std::chrono::milliseconds>(first_deadline - std::chrono::steady_clock::now());
+        wait_ms = static_cast<int>(std::clamp<std::chrono::milliseconds::rep>(left.count(), 0, 60'000));
+      }
+      if (::poll(polled.data(), polled.size(), wait_ms) < 0) continue;  // EINTR, or ENOMEM: try again
+      if (polled[0].revents != 0) (void)wake.try_consume();
+
+      const auto now = std::chrono::steady_clock::now();
+      std::size_t kept = 0;
+      for (std::size_t i = 0; i < pending.size(); ++i) {
+        under_way& u = pending[i];
+        if (polled[i + 1].revents != 0 || now >= u.request.deadline()) {
+          std::optional<event_fd> got;
+          bool done = true;
+          try {
+            got = u.request.try_receive();
+            done = got.has_value();
+          } catch (const std::exception&) {
+            // A bad reply, a refusal, the deadline: the cache remembers it.
+          }
+          if (done) {
+            u.fetch->settle(std::move(got));
+            continue;
+          }
+        }
+        if (kept != i) pending[kept] = std::move(u);
+        ++kept;
+      }
+      pending.erase(pending.begin() + static_cast<std::ptrdiff_t>(kept), pending.end());
     }
   }
 };
@@ -222,6 +273,7 @@ bool doorbell_cache::ring(std::uint32_t index, const owner& who, std::chrono::mi
         auto f = std::make_shared<doorbell_fetch>();
         f->owner = who.process;
         f->id = who.doorbell_id;
+        f->timeout = m_fetch_timeout;
         this_process_instance<fetcher_state>().push(f);
         e.fetch = std::move(f);
         return true;
@@ -229,7 +281,7 @@ bool doorbell_cache::ring(std::uint32_t index, const owner& who, std::chrono::mi
         // No memory or no thread for the fetcher: fetch here, as a last resort.
       }
       try {
-        e.bell = fetch_doorbell(who.process, who.doorbell_id);
+        e.bell = fetch_doorbell(who.process, who.doorbell_id, m_fetch_timeout);
       } catch (const std::exception&) {
         e.failed = true;
         e.failed_at = now;

@@ -6,7 +6,7 @@
 // first doorbell is added. That thread only answers fetches; it never
 // fetches, so two processes that fetch from each other at the same moment
 // cannot wait on each other: each side's server answers while its fetcher
-// is blocked in fetch_doorbell (a one-time, bounded exchange per peer, not
+// waits for the other's reply (a one-time, bounded exchange per peer, not
 // per message).
 //
 // Fetching is off the caller's thread too. The first ring of another
@@ -16,7 +16,9 @@
 // not wait. doorbell_cache hands the fetch to a fetcher thread of this
 // process (started on first need, one per process, not the server's
 // thread) and returns; the fetcher rings the bell itself once it has it,
-// and the cache takes the descriptor over on its next ring.
+// and the cache takes the descriptor over on its next ring. The fetcher
+// has all its fetches under way at once (doorbell_request, polled), so an
+// owner that does not answer delays no other owner's wake-up.
 //
 // fork(): a child is a new process with a new identity; its first use
 // starts a server (and a fetcher) of its own. The parent's states are left
@@ -62,7 +64,10 @@ struct doorbell_fetch;
 /// incarnation lasts. Owned by one handle; not thread-safe.
 class doorbell_cache {
  public:
-  explicit doorbell_cache(std::size_t slots) : m_entries(slots) {}
+  /// `fetch_timeout` bounds each fetch of an owner's doorbell.
+  explicit doorbell_cache(std::size_t slots,
+                          std::chrono::milliseconds fetch_timeout = std::chrono::seconds(1))
+      : m_entries(slots), m_fetch_timeout(fetch_timeout) {}
 
   /// Who owns a slot now, read from shared memory.
   struct owner {
@@ -90,6 +95,7 @@ class doorbell_cache {
     bool failed = false;
   };
   std::vector<entry> m_entries;
+  std::chrono::milliseconds m_fetch_timeout;
 };
 
 }  // namespace shmbus::detail

@@ -19,6 +19,7 @@
 
 #include "child_process.hpp"
 #include "notify/doorbell_socket.hpp"
+#include "notify/process_doorbells.hpp"
 
 #include <fcntl.h>
 #include <grp.h>
@@ -684,6 +685,36 @@ TEST_CASE("a server that never answers times out", "[doorbell][process]") {
   CHECK(contains(message, "200 ms"));
   CHECK(elapsed >= 190ms);
   CHECK(elapsed < 2s);
+}
+
+TEST_CASE("an owner that does not answer holds up no other owner's doorbell", "[doorbell][process]") {
+  // The cache's fetches go to this process's fetcher thread. Owner A is
+  // stopped before its doorbell is first rung: its fetch cannot end before
+  // its deadline, set far beyond the guard timeout. Owner B's doorbell,
+  // rung next, must still be fetched and rung while A is stopped; and once
+  // A goes on, its own fetch, still under way, completes and rings it.
+  served_helper stopped(7);
+  served_helper running(8);
+  REQUIRE(::kill(stopped.pid(), SIGSTOP) == 0);
+  int status = 0;
+  REQUIRE(::waitpid(stopped.pid(), &status, WUNTRACED) == stopped.pid());
+  REQUIRE(WIFSTOPPED(status));
+
+  shmbus::detail::doorbell_cache cache(2, 60s);
+  using owner = shmbus::detail::doorbell_cache::owner;
+  CHECK(cache.ring(0, owner{1, stopped.identity(), 7}));  // queued first
+  CHECK(cache.ring(1, owner{1, running.identity(), 8}));
+  CHECK(running.next_wakeup() == 1);
+
+  REQUIRE(::kill(stopped.pid(), SIGCONT) == 0);
+  CHECK(stopped.next_wakeup() == 1);
+  // The descriptors are the cache's now: a ring is one write each.
+  CHECK(cache.ring(1, owner{1, running.identity(), 8}));
+  CHECK(running.next_wakeup() == 1);
+  CHECK(cache.ring(0, owner{1, stopped.identity(), 7}));
+  CHECK(stopped.next_wakeup() == 1);
+  CHECK(stopped.stop().second.served == 1);
+  CHECK(running.stop().second.served == 1);
 }
 
 TEST_CASE("malformed replies are rejected and leak no descriptor", "[doorbell][process]") {

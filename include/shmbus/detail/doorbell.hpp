@@ -28,6 +28,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <system_error>
 #include <type_traits>
@@ -200,6 +201,37 @@ class SHMBUS_API doorbell_server {
 /// passed; a system errno for anything else (EMFILE, ...).
 SHMBUS_API event_fd fetch_doorbell(const process_identity& owner, std::uint64_t id,
                                    std::chrono::milliseconds timeout = std::chrono::seconds(1));
+
+/// fetch_doorbell in two halves, so that one thread can have many fetches
+/// under way and one owner that does not answer (stopped, starved of CPU)
+/// holds up only its own: the constructor connects, checks the server and
+/// sends the request; the reply is taken by try_receive once
+/// native_handle() polls readable. The waits of the first half are bounded
+/// by the deadline too; the only one that can last is connect(2) while the
+/// owner's listen backlog is full. Move-only; errors as fetch_doorbell.
+class SHMBUS_API doorbell_request {
+ public:
+  doorbell_request(const process_identity& owner, std::uint64_t id,
+                   std::chrono::milliseconds timeout = std::chrono::seconds(1));
+  doorbell_request(doorbell_request&&) noexcept;
+  doorbell_request& operator=(doorbell_request&&) noexcept;
+  ~doorbell_request();
+
+  /// The connected socket: poll it for POLLIN.
+  int native_handle() const noexcept;
+  /// When try_receive starts throwing errc::timed_out.
+  std::chrono::steady_clock::time_point deadline() const noexcept;
+  /// Never blocks: the doorbell if the reply has come, std::nullopt while
+  /// it has not and the deadline has not passed. Throws as fetch_doorbell.
+  std::optional<event_fd> try_receive();
+  /// Waits (poll) for the reply until the deadline.
+  event_fd receive();
+
+  class steps;  // lib/notify/doorbell_client.cpp
+
+ private:
+  std::unique_ptr<steps> m_steps;
+};
 
 }  // namespace detail
 }  // namespace shmbus
