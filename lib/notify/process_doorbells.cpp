@@ -3,6 +3,8 @@
 #include <shmbus/error.hpp>
 #include <shmbus/scheduler.hpp>
 
+#include "notify/process_instance.hpp"
+
 #include <fmt/format.h>
 #include <poll.h>
 #include <signal.h>
@@ -36,26 +38,6 @@ std::thread start_thread_without_signals(Body body) {
     ~restore_mask() { ::pthread_sigmask(SIG_SETMASK, m_mask, nullptr); }
   } restore{&previous};
   return std::thread(std::move(body));
-}
-
-/// This process's T (which records the pid that made it in `pid`), made on
-/// first use; stopped and joined at exit. After fork() the one inherited
-/// from the parent belongs to the parent (its threads do not exist here):
-/// it is left alone (leaked) and a new one is made.
-template <class T>
-T& this_process_instance() {
-  struct holder {
-    std::mutex mutex;
-    T* current = nullptr;
-    ~holder() {
-      if (current != nullptr && current->pid == static_cast<std::int32_t>(::getpid())) delete current;
-    }
-  };
-  static holder h;
-  std::lock_guard lock(h.mutex);
-  const auto pid = static_cast<std::int32_t>(::getpid());
-  if (h.current == nullptr || h.current->pid != pid) h.current = new T();
-  return *h.current;
 }
 
 }  // namespace

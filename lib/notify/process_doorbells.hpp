@@ -22,7 +22,9 @@
 //
 // fork(): a child is a new process with a new identity; its first use
 // starts a server (and a fetcher) of its own. The parent's states are left
-// untouched (their threads do not exist in the child).
+// untouched (their threads do not exist in the child). Both are held by
+// this_process_instance (process_instance.hpp), which also makes a fork
+// wait while another thread is starting one.
 #pragma once
 
 #include <shmbus/detail/doorbell.hpp>

@@ -20,6 +20,7 @@
 #include "child_process.hpp"
 #include "notify/doorbell_socket.hpp"
 #include "notify/process_doorbells.hpp"
+#include "notify/process_instance.hpp"
 
 #include <fcntl.h>
 #include <grp.h>
@@ -33,12 +34,14 @@
 #include <unistd.h>
 
 #include <array>
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <random>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -789,6 +792,75 @@ TEST_CASE("malformed replies are rejected and leak no descriptor", "[doorbell][p
   }
   CHECK(open_fds(::getpid()) == fds_before);
   CHECK(reap(server) == 0);
+}
+
+namespace fork_window {
+
+// A per-process instance whose making, in the test's process, waits until
+// the test's fork() has begun: the fork lands while the maker holds the
+// holder's mutex, unless fork() waits for it.
+std::int32_t test_pid = 0;
+std::atomic<bool> inside{false};
+std::atomic<bool> released{false};
+std::atomic<bool> made{false};
+std::atomic<bool> armed{false};
+std::atomic<int> made_when_forked{-1};
+
+struct slow_to_make {
+  std::int32_t pid = static_cast<std::int32_t>(::getpid());
+  slow_to_make() {
+    if (pid != test_pid) return;  // the child's own is made at once
+    inside = true;
+    inside.notify_all();
+    released.wait(false);
+    made = true;
+  }
+};
+
+// Prepare handlers run in the reverse order of their registration:
+// release_maker first, then the holder's (which waits for the maker to
+// finish), then look.
+void release_maker() noexcept {
+  if (!armed) return;
+  released = true;
+  released.notify_all();
+}
+void look() noexcept {
+  if (armed) made_when_forked = made ? 1 : 0;
+}
+
+}  // namespace fork_window
+
+TEST_CASE("a fork while another thread makes a per-process instance leaves the child able to make its own",
+          "[doorbell][process]") {
+  using namespace fork_window;
+  using shmbus::detail::instance_holder;
+  using shmbus::detail::this_process_instance;
+  test_pid = static_cast<std::int32_t>(::getpid());
+  REQUIRE(::pthread_atfork(&look, nullptr, nullptr) == 0);
+  (void)instance_holder<slow_to_make>::get();
+  REQUIRE(::pthread_atfork(&release_maker, nullptr, nullptr) == 0);
+
+  std::thread maker([] { (void)this_process_instance<slow_to_make>(); });
+  inside.wait(false);
+  armed = true;
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    (void)this_process_instance<slow_to_make>();  // waits forever if the mutex came locked
+    ::_exit(0);
+  }
+  armed = false;
+  maker.join();
+  CHECK(made_when_forked == 1);
+
+  unique_fd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, child, 0)));
+  REQUIRE(pidfd);
+  pollfd pfd{pidfd.get(), POLLIN, 0};
+  const bool exited = ::poll(&pfd, 1, static_cast<int>(std::chrono::milliseconds(guard_timeout).count())) == 1;
+  if (!exited) ::kill(child, SIGKILL);
+  CHECK(reap(child) == 0);
+  CHECK(exited);
 }
 
 TEST_CASE("one doorbell server per process; add, remove, serve rules", "[doorbell]") {
