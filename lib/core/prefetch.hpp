@@ -1,11 +1,17 @@
-// Asking for a cache line in the state a store needs, ahead of the store.
+// Asking for a cache line ahead of the access that needs it.
 //
+// Writing: a cache line in the state a store needs, ahead of the store.
 // A store to a line another core holds (a subscriber polling the commit
 // word there) waits for that core to give the line up. x86 cores ask for it
 // only when the store leaves the store buffer, after every older
 // instruction has retired, so the whole claim sits in front of that wait.
 // A write prefetch (PREFETCHW) asks as soon as the address is known, and the
 // claim runs while the line travels.
+//
+// Reading: the second line of a two-line frame. The reader can ask for it
+// only once it has seen the commit word, and the copy that reads it comes
+// after the reader's checks and its caller's steps; asked for as soon as
+// the length is known, the line travels while they run.
 #pragma once
 
 namespace shmbus::detail {
@@ -22,5 +28,8 @@ inline void prefetch_for_write(const void* p) noexcept {
   __builtin_prefetch(p, 1, 3);
 #endif
 }
+
+/// Starts fetching the cache line holding `p` for reading. A hint only.
+inline void prefetch_for_read(const void* p) noexcept { __builtin_prefetch(p, 0, 3); }
 
 }  // namespace shmbus::detail

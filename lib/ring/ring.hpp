@@ -715,9 +715,18 @@ inline read_status ring::try_read(ring_cursor& cursor, frame& out, std::uint64_t
     }
     layout::frame_header& f = frame_at(p);
     const std::uint32_t length = ring_detail::shared(f.length).load(std::memory_order_relaxed);
+    const std::uint64_t offset = p & m_mask;
+    // A payload that ends in the line after the header's: that line is
+    // asked for now, so that it travels while the checks below and the
+    // caller's first steps run, instead of after them, when the copy gets
+    // there. (Longer payloads gained nothing: their copy streams.)
+    const std::uint64_t line_after_header = (offset | (layout::cache_line - 1)) + 1;
+    const std::uint64_t payload_end = offset + layout::frame_header_size + length;
+    if (payload_end > line_after_header && payload_end <= line_after_header + layout::cache_line &&
+        line_after_header < m_capacity)
+      prefetch_for_read(m_ring + line_after_header);
     const std::uint16_t type = ring_detail::shared(f.type).load(std::memory_order_relaxed);
     const std::uint64_t sequence = ring_detail::shared(f.sequence).load(std::memory_order_relaxed);
-    const std::uint64_t offset = p & m_mask;
     const std::uint64_t size = layout::frame_size(length);
     // Under the overwrite policy these fields may already belong to a newer
     // lap: a writer that has claimed but not yet committed over them leaves
