@@ -8,7 +8,6 @@
 #include <fmt/format.h>
 #include <poll.h>
 #include <sys/socket.h>
-#include <sys/time.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -54,30 +53,32 @@ class doorbell_request::steps {
                             m_timeout.count()));
   }
 
-  /// Sets SO_SNDTIMEO to what is left of the deadline (a zero timeval
-  /// would mean "forever", so an expired deadline throws).
-  void arm_send(int fd, std::string_view waiting_for) const {
-    const auto left = std::chrono::ceil<std::chrono::microseconds>(m_deadline - clock::now());
-    if (left <= std::chrono::microseconds::zero()) fail_timeout(waiting_for);
-    timeval tv{};
-    tv.tv_sec = static_cast<time_t>(left.count() / 1'000'000);
-    tv.tv_usec = static_cast<suseconds_t>(left.count() % 1'000'000);
-    if (::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) != 0) fail_errno(errno, "setsockopt");
-  }
-
-  /// Connects, checks the server, sends the request.
-  void send();
+  /// Makes the non-blocking socket and takes the exchange as far as it goes.
+  void start();
+  /// Takes the exchange as far as it can go without waiting: connects,
+  /// checks the server, sends the request. True once the request is sent;
+  /// false while the owner's listen backlog (or its socket's queue) is
+  /// full. Throws on a fault, and errc::timed_out past the deadline.
+  bool advance();
   /// The reply if it has come (never blocks); throws once the deadline
   /// has passed without one.
-  std::optional<event_fd> try_receive() const;
+  std::optional<event_fd> try_receive();
 
-  int socket() const noexcept { return m_socket.get(); }
+  /// The socket to poll for the reply; -1 until the request is sent.
+  int reply_socket() const noexcept { return m_stage == stage::sent ? m_socket.get() : -1; }
   clock::time_point deadline() const noexcept { return m_deadline; }
 
  private:
-  void connect(int fd) const;
-  void check_server(int fd) const;
-  void send_request(int fd) const;
+  enum class stage : std::uint8_t { connecting, sending, sent };
+
+  bool try_connect() const;
+  void check_server() const;
+  bool try_send_request() const;
+  /// false, or errc::timed_out once the deadline has passed.
+  bool not_yet(std::string_view waiting_for) const {
+    if (clock::now() >= m_deadline) fail_timeout(waiting_for);
+    return false;
+  }
 
   process_identity m_owner;
   std::uint64_t m_id;
@@ -86,37 +87,48 @@ class doorbell_request::steps {
   std::string m_name;
   std::string m_shown;
   unique_fd m_socket;
+  stage m_stage = stage::connecting;
 };
 
-void doorbell_request::steps::send() {
+void doorbell_request::steps::start() {
   if (m_owner.pid <= 0) fail(doorbell_errc::owner_dead, "not a process id");
-  unique_fd sock(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
-  if (!sock) fail_errno(errno, "socket");
-  connect(sock.get());
-  check_server(sock.get());
-  send_request(sock.get());
-  m_socket = std::move(sock);
+  m_socket.reset(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  if (!m_socket) fail_errno(errno, "socket");
+  (void)advance();
 }
 
-/* Connecting. No listener on the name (ECONNREFUSED) means the owner is
- * dead or does not serve doorbells; is_alive tells which. A full backlog
- * makes connect(2) wait, bounded by SO_SNDTIMEO (it then fails EAGAIN). */
-void doorbell_request::steps::connect(int fd) const {
+bool doorbell_request::steps::advance() {
+  if (m_stage == stage::connecting) {
+    if (!try_connect()) return not_yet("connection (the server's backlog is full)");
+    check_server();
+    m_stage = stage::sending;
+  }
+  if (m_stage == stage::sending) {
+    if (!try_send_request()) return not_yet("room to send the request");
+    m_stage = stage::sent;
+  }
+  return true;
+}
+
+/* Connecting, without waiting. No listener on the name (ECONNREFUSED)
+ * means the owner is dead or does not serve doorbells; is_alive tells
+ * which. A full backlog (EAGAIN: the owner has not accepted its earlier
+ * clients) leaves the socket unconnected, to be tried again later. */
+bool doorbell_request::steps::try_connect() const {
   const abstract_address address(m_name);
   for (;;) {
-    arm_send(fd, "connection");
-    if (::connect(fd, address.get(), address.m_length) == 0) return;
+    if (::connect(m_socket.get(), address.get(), address.m_length) == 0) return true;
     const int err = errno;
     switch (err) {
-      case EINTR: continue;   // still unconnected: try again
-      case EISCONN: return;   // an interrupted attempt completed meanwhile
+      case EINTR: continue;       // still unconnected: try again
+      case EISCONN: return true;  // an interrupted attempt completed meanwhile
       case ECONNREFUSED:
       case ENOENT:
         if (!is_alive(m_owner)) fail(doorbell_errc::owner_dead, "the process is gone");
         fail(doorbell_errc::not_serving, "the process is alive but nobody listens on its socket");
       case EAGAIN:
       case EINPROGRESS:
-      case ETIMEDOUT: fail_timeout("connection (the server's backlog is full)");
+      case EALREADY: return false;
       default: fail_errno(err, "connect");
     }
   }
@@ -127,7 +139,8 @@ void doorbell_request::steps::connect(int fd) const {
  * the socket we reached: it must be the owner's pid, and that pid must
  * still belong to a process started at the owner's start time (otherwise
  * the owner died and a process that reused its pid holds the name). */
-void doorbell_request::steps::check_server(int fd) const {
+void doorbell_request::steps::check_server() const {
+  const int fd = m_socket.get();
   ucred cred{};
   socklen_t length = sizeof cred;
   if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &length) != 0) fail_errno(errno, "getsockopt(SO_PEERCRED)");
@@ -141,17 +154,16 @@ void doorbell_request::steps::check_server(int fd) const {
                      m_owner.start_time));
 }
 
-void doorbell_request::steps::send_request(int fd) const {
+bool doorbell_request::steps::try_send_request() const {
   const doorbell_wire::request request{doorbell_wire::request_magic, doorbell_wire::version, 0, m_id};
   for (;;) {
-    arm_send(fd, "room to send the request");
-    const ssize_t n = ::send(fd, &request, sizeof request, MSG_NOSIGNAL);
-    if (n == static_cast<ssize_t>(sizeof request)) return;
+    const ssize_t n = ::send(m_socket.get(), &request, sizeof request, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n == static_cast<ssize_t>(sizeof request)) return true;
     if (n >= 0) fail(doorbell_errc::bad_reply, fmt::format("sent {} of {} bytes", n, sizeof request));
     const int err = errno;
     switch (err) {
       case EINTR: continue;
-      case EAGAIN: fail_timeout("room to send the request");
+      case EAGAIN: return false;
       case EPIPE:
       case ECONNRESET: fail(doorbell_errc::bad_reply, "the server closed the connection before the request");
       default: fail_errno(err, "send");
@@ -163,7 +175,8 @@ void doorbell_request::steps::send_request(int fd) const {
  * one descriptor in one SOL_SOCKET/SCM_RIGHTS control message; anything
  * else is a bad reply. Every descriptor received is owned at once (so
  * extras are closed on every path), and received close-on-exec. */
-std::optional<event_fd> doorbell_request::steps::try_receive() const {
+std::optional<event_fd> doorbell_request::steps::try_receive() {
+  if (!advance()) return std::nullopt;
   const int fd = m_socket.get();
   alignas(8) unsigned char buffer[64];
   alignas(cmsghdr) unsigned char control[CMSG_SPACE(sizeof(int) * max_received_fds)];
@@ -260,14 +273,14 @@ std::optional<event_fd> doorbell_request::steps::try_receive() const {
 
 doorbell_request::doorbell_request(const process_identity& owner, std::uint64_t id, std::chrono::milliseconds timeout)
     : m_steps(std::make_unique<steps>(owner, id, timeout)) {
-  m_steps->send();
+  m_steps->start();
 }
 
 doorbell_request::doorbell_request(doorbell_request&&) noexcept = default;
 doorbell_request& doorbell_request::operator=(doorbell_request&&) noexcept = default;
 doorbell_request::~doorbell_request() = default;
 
-int doorbell_request::native_handle() const noexcept { return m_steps->socket(); }
+int doorbell_request::native_handle() const noexcept { return m_steps->reply_socket(); }
 
 std::chrono::steady_clock::time_point doorbell_request::deadline() const noexcept { return m_steps->deadline(); }
 
@@ -276,9 +289,11 @@ std::optional<event_fd> doorbell_request::try_receive() { return m_steps->try_re
 event_fd doorbell_request::receive() {
   for (;;) {
     if (std::optional<event_fd> bell = m_steps->try_receive()) return std::move(*bell);
-    const auto left = std::chrono::ceil<std::chrono::milliseconds>(m_steps->deadline() - clock::now());
-    pollfd pfd{m_steps->socket(), POLLIN, 0};
-    if (::poll(&pfd, 1, static_cast<int>(std::max<std::chrono::milliseconds::rep>(left.count(), 0))) < 0 &&
+    auto wait = std::chrono::ceil<std::chrono::milliseconds>(m_steps->deadline() - clock::now());
+    const int fd = m_steps->reply_socket();
+    if (fd < 0) wait = std::min(wait, std::chrono::milliseconds(backlog_retry));  // nothing to poll: try again then
+    pollfd pfd{fd, POLLIN, 0};                                                     // fd < 0: poll only waits
+    if (::poll(&pfd, 1, static_cast<int>(std::max<std::chrono::milliseconds::rep>(wait.count(), 0))) < 0 &&
         errno != EINTR)
       m_steps->fail_errno(errno, "poll");
   }

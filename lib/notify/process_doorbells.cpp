@@ -139,8 +139,7 @@ struct fetcher_state {
   std::thread thread;
 
   fetcher_state() : thread(start_thread_without_signals([this] { run(); })) {}
-  /// At exit: fetches under way are dropped (their handles are going too);
-  /// a connect(2) to a full backlog ends by its deadline at the latest.
+  /// At exit: fetches under way are dropped (their handles are going too).
   ~fetcher_state() {
     {
       std::lock_guard lock(mutex);
@@ -182,14 +181,17 @@ struct fetcher_state {
 
       polled.assign(1, pollfd{wake.native_handle(), POLLIN, 0});
       auto first_deadline = std::chrono::steady_clock::time_point::max();
+      bool backlog_full = false;  // a request not sent yet: nothing to poll, try again soon
       for (const under_way& u : pending) {
-        polled.push_back(pollfd{u.request.native_handle(), POLLIN, 0});
+        polled.push_back(pollfd{u.request.native_handle(), POLLIN, 0});  // -1: ignored by poll
         first_deadline = std::min(first_deadline, u.request.deadline());
+        backlog_full = backlog_full || u.request.native_handle() < 0;
       }
       int wait_ms = -1;
       if (!pending.empty()) {
         const auto left = std::chrono::ceil<std::chrono::milliseconds>(first_deadline - std::chrono::steady_clock::now());
         wait_ms = static_cast<int>(std::clamp<std::chrono::milliseconds::rep>(left.count(), 0, 60'000));
+        if (backlog_full) wait_ms = std::min(wait_ms, doorbell_request::backlog_retry);
       }
       if (::poll(polled.data(), polled.size(), wait_ms) < 0) continue;  // EINTR, or ENOMEM: try again
       if (polled[0].revents != 0) (void)wake.try_consume();
@@ -198,7 +200,7 @@ struct fetcher_state {
       std::size_t kept = 0;
       for (std::size_t i = 0; i < pending.size(); ++i) {
         under_way& u = pending[i];
-        if (polled[i + 1].revents != 0 || now >= u.request.deadline()) {
+        if (polled[i + 1].revents != 0 || polled[i + 1].fd < 0 || now >= u.request.deadline()) {
           std::optional<event_fd> got;
           bool done = true;
           try {

@@ -121,13 +121,13 @@ unique_fd connect_raw(const std::string& name) {
 }
 
 /// A raw listening socket bound to `name`, never accepting.
-unique_fd listen_raw(const std::string& name) {
+unique_fd listen_raw(const std::string& name, int backlog = 8) {
   unique_fd fd(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
   REQUIRE(fd);
   socklen_t length = 0;
   const sockaddr_un address = abstract_address(name, length);
   REQUIRE(::bind(fd.get(), reinterpret_cast<const sockaddr*>(&address), length) == 0);
-  REQUIRE(::listen(fd.get(), 8) == 0);
+  REQUIRE(::listen(fd.get(), backlog) == 0);
   return fd;
 }
 
@@ -791,6 +791,32 @@ TEST_CASE("malformed replies are rejected and leak no descriptor", "[doorbell][p
   }
   CHECK(open_fds(::getpid()) == fds_before);
   CHECK(reap(server) == 0);
+}
+
+TEST_CASE("an owner whose listen backlog is full holds up no other owner's doorbell", "[doorbell][process]") {
+  // This process plays an owner that never accepts, its backlog (0: room
+  // for one) taken by a silent client, so that a connect(2) to it would
+  // wait. The fetch of its doorbell, asked for first, must not hold up the
+  // next one's.
+  const auto me = process_identity::self();
+  auto listener = listen_raw(shmbus::detail::doorbell_socket_name(me), 0);
+  auto filler = connect_raw(shmbus::detail::doorbell_socket_name(me));
+  served_helper running(8);
+
+  shmbus::detail::doorbell_cache cache(2, 60s);
+  using owner = shmbus::detail::doorbell_cache::owner;
+  const owner full{1, me, 1};
+  CHECK(cache.ring(0, full));  // queued first: waits for room
+  CHECK(cache.ring(1, owner{1, running.identity(), 8}));
+  CHECK(running.next_wakeup() == 1);
+
+  // Gone: the fetch still trying to connect now fails (not serving), and
+  // the cache says so, until then it answers that the fetch is on its way.
+  listener.reset();
+  filler.reset();
+  const auto deadline = std::chrono::steady_clock::now() + guard_timeout;
+  while (cache.ring(0, full) && std::chrono::steady_clock::now() < deadline) std::this_thread::yield();
+  CHECK_FALSE(cache.ring(0, full));
 }
 
 namespace fork_window {

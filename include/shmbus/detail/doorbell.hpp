@@ -203,21 +203,26 @@ SHMBUS_API event_fd fetch_doorbell(const process_identity& owner, std::uint64_t 
                                    std::chrono::milliseconds timeout = std::chrono::seconds(1));
 
 /// fetch_doorbell in two halves, so that one thread can have many fetches
-/// under way and one owner that does not answer (stopped, starved of CPU)
-/// holds up only its own: the constructor connects, checks the server and
-/// sends the request; the reply is taken by try_receive once
-/// native_handle() polls readable. The waits of the first half are bounded
-/// by the deadline too; the only one that can last is connect(2) while the
-/// owner's listen backlog is full. Move-only; errors as fetch_doorbell.
+/// under way and one owner that does not answer (stopped, starved of CPU,
+/// its listen backlog full) holds up only its own: nothing here waits.
+/// The constructor connects, checks the server and sends the request as
+/// far as it can; try_receive goes on from there and takes the reply once
+/// native_handle() polls readable. Move-only; errors as fetch_doorbell.
 class SHMBUS_API doorbell_request {
  public:
+  /// How often a caller tries again while the owner's backlog is full
+  /// (there is no descriptor to poll for that), in milliseconds.
+  static constexpr int backlog_retry = 10;
+
   doorbell_request(const process_identity& owner, std::uint64_t id,
                    std::chrono::milliseconds timeout = std::chrono::seconds(1));
   doorbell_request(doorbell_request&&) noexcept;
   doorbell_request& operator=(doorbell_request&&) noexcept;
   ~doorbell_request();
 
-  /// The connected socket: poll it for POLLIN.
+  /// The socket to poll for POLLIN once the request is sent; -1 before
+  /// (the owner's backlog was full): call try_receive again after
+  /// backlog_retry ms.
   int native_handle() const noexcept;
   /// When try_receive starts throwing errc::timed_out.
   std::chrono::steady_clock::time_point deadline() const noexcept;
