@@ -324,6 +324,15 @@ class ring {
   /// and so must record hints (note_resync_hints). Its first and last bytes
   /// lie in different segments, counting the byte before its start: one
   /// shift and compare.
+  /// try_claim and publish_copy, once the claim's position is known: a
+  /// frame that fits one cache line is where a caught-up subscriber polls
+  /// the commit word, so that line is asked for now and travels while the
+  /// claim runs (core/prefetch.hpp). Larger frames are written longer after
+  /// this point than the subscriber takes to pull the line back, so they
+  /// gain nothing. The frame is at `offset` in the ring at `ring_base`.
+  static void prefetch_one_line_frame(std::byte* ring_base, std::uint64_t offset, std::uint64_t frame_bytes) noexcept {
+    if ((offset & (layout::cache_line - 1)) + frame_bytes <= layout::cache_line) prefetch_for_write(ring_base + offset);
+  }
   bool passes_segment_boundary(std::uint64_t start, std::uint64_t end) const noexcept {
     return ((start - 1) >> m_segment_shift) != ((end - 1) >> m_segment_shift);
   }
@@ -559,13 +568,8 @@ inline claim_status ring::try_claim(std::uint32_t length, std::uint32_t publishe
   std::uint64_t position = ring_detail::shared(m_header->tail_position).load(std::memory_order_acquire);
   std::uint64_t sequence = ring_detail::shared(m_header->tail_sequence).load(std::memory_order_acquire);
   const std::uint64_t frame_bytes = layout::frame_size(length);
-  // A frame that fits one cache line is where a caught-up subscriber polls
-  // the commit word: that line travels here while the claim runs
-  // (core/prefetch.hpp). Larger frames are written longer after this point
-  // than the subscriber takes to pull the line back, so they gain nothing.
   // A claim that loses the race to another publisher only wasted a hint.
-  if ((position & (layout::cache_line - 1)) + frame_bytes <= layout::cache_line)
-    prefetch_for_write(m_ring + (position & m_mask));
+  prefetch_one_line_frame(m_ring, position & m_mask, frame_bytes);
   std::uint64_t room;
   for (;;) {
     room = m_capacity - (position & m_mask);
@@ -632,8 +636,7 @@ inline claim_status ring::publish_copy(std::span<const std::byte> bytes, std::ui
                       (ring_detail::shared(h.active_subscribers).load(std::memory_order_acquire) == m_active_cache &&
                        end <= m_limit_cache);
     if (frame_bytes <= m_capacity - offset && room) {
-      // As in try_claim: the line a caught-up subscriber polls.
-      if ((offset & (layout::cache_line - 1)) + frame_bytes <= layout::cache_line) prefetch_for_write(base + offset);
+      prefetch_one_line_frame(base, offset, frame_bytes);
       const std::uint64_t salt = m_salt;
       const bool fenced = !m_unfenced;
       ring_detail::shared(me.intent_length).store(frame_bytes, std::memory_order_relaxed);
