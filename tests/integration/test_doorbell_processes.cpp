@@ -697,10 +697,7 @@ TEST_CASE("an owner that does not answer holds up no other owner's doorbell", "[
   // A goes on, its own fetch, still under way, completes and rings it.
   served_helper stopped(7);
   served_helper running(8);
-  REQUIRE(::kill(stopped.pid(), SIGSTOP) == 0);
-  int status = 0;
-  REQUIRE(::waitpid(stopped.pid(), &status, WUNTRACED) == stopped.pid());
-  REQUIRE(WIFSTOPPED(status));
+  shmbus::test::stop_and_wait(stopped.pid());
 
   shmbus::detail::doorbell_cache cache(2, 60s);
   using owner = shmbus::detail::doorbell_cache::owner;
