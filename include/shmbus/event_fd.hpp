@@ -12,8 +12,6 @@
 #include <shmbus/export.hpp>
 #include <shmbus/fd.hpp>
 
-#include <linux/time_types.h>
-
 #include <chrono>
 #include <cstdint>
 #include <optional>
@@ -58,9 +56,10 @@ class SHMBUS_API event_fd {
   [[nodiscard]] wait_awaitable wait(scheduler& s) const noexcept { return {s, m_fd.get()}; }
 
   /// Like wait(), but gives up after `limit`: resumes with the value, or
-  /// with std::nullopt when the time ran out first. One read linked to an
-  /// io_uring timeout: no timer task, no allocation. May suspend; throws
-  /// errc::cancelled on stop.
+  /// with std::nullopt when the time ran out first. One read with a
+  /// deadline, which the scheduler's one timer for all deadlines serves: no
+  /// timer of its own, no allocation. May suspend; throws errc::cancelled
+  /// on stop.
   class SHMBUS_API timed_wait_awaitable : public detail::io_awaitable {
    public:
     timed_wait_awaitable(scheduler& s, int fd, std::chrono::nanoseconds limit) noexcept;
@@ -70,7 +69,6 @@ class SHMBUS_API event_fd {
     static void prep(io_operation& self, io_uring_sqe& sqe) noexcept;
     int m_fd;
     std::uint64_t m_value = 0;
-    __kernel_timespec m_limit;
   };
   [[nodiscard]] timed_wait_awaitable wait_for(scheduler& s, std::chrono::nanoseconds limit) const noexcept {
     return {s, m_fd.get(), limit};

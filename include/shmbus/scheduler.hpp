@@ -56,7 +56,8 @@ class SHMBUS_API scheduler {
   using clock = std::chrono::steady_clock;
 
   struct options {
-    /// Submission queue entries; the completion queue gets twice as many.
+    /// Submission queue entries; the completion queue gets twice as many
+    /// (at least 4).
     unsigned entries = 256;
   };
 
@@ -179,6 +180,11 @@ class SHMBUS_API scheduler {
   void take_remote();
   void issue(detail::io_operation& op) noexcept;
   void wake() noexcept;
+  // Deadlines (docs/SCHEDULER.md): one kernel timer for every request that
+  // has one, armed for the earliest.
+  void watch_deadline(detail::io_operation& op) noexcept;
+  void forget_deadline(detail::io_operation& op) noexcept;
+  void expire_deadlines() noexcept;
 
   std::unique_ptr<detail::scheduler_impl> m_impl;
   std::thread::id m_owner;

@@ -96,10 +96,7 @@ std::uint64_t event_fd::wait_awaitable::await_resume() {
 
 event_fd::timed_wait_awaitable::timed_wait_awaitable(scheduler& s, int fd, std::chrono::nanoseconds limit) noexcept
     : io_awaitable(s, &prep), m_fd(fd) {
-  const auto ns = std::max<std::int64_t>(limit.count(), 0);
-  m_limit.tv_sec = ns / 1'000'000'000;
-  m_limit.tv_nsec = ns % 1'000'000'000;
-  m_link_timeout = &m_limit;
+  m_deadline_ns = detail::deadline_after(limit);
 }
 
 void event_fd::timed_wait_awaitable::prep(io_operation& self, io_uring_sqe& sqe) noexcept {
@@ -108,7 +105,7 @@ void event_fd::timed_wait_awaitable::prep(io_operation& self, io_uring_sqe& sqe)
 }
 
 std::optional<std::uint64_t> event_fd::timed_wait_awaitable::await_resume() {
-  // Both a stop request and the linked timeout end the read with
+  // Both a stop request and the deadline end the read with
   // -ECANCELED; the token tells them apart.
   const bool stopped = stop_requested();
   const int r = finish();

@@ -13,9 +13,12 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <limits>
 #include <mutex>
 #include <utility>
 #include <vector>
@@ -80,6 +83,22 @@ struct wake_operation : io_operation {
   scheduler_impl* m_impl;
 };
 
+/// The one kernel timer behind every request deadline: an absolute
+/// IORING_OP_TIMEOUT set for the earliest deadline it was armed for.
+struct deadline_timer_operation : io_operation {
+  deadline_timer_operation() noexcept : io_operation(&prep) {}
+  static void prep(io_operation& op, io_uring_sqe& sqe) noexcept;
+  void set(std::int64_t at_ns) noexcept {
+    m_armed_ns = at_ns;
+    m_at.tv_sec = at_ns / 1'000'000'000;
+    m_at.tv_nsec = at_ns % 1'000'000'000;
+  }
+  __kernel_timespec m_at{};
+  std::int64_t m_armed_ns = 0;
+  bool m_cancel_sent = false;  // an earlier deadline came: re-armed on its completion
+  bool m_fired = false;        // its CQE was reaped this turn
+};
+
 struct scheduler_impl {
   io_uring m_ring{};
   unsigned m_cq_entries = 0;
@@ -94,6 +113,11 @@ struct scheduler_impl {
   unique_fd m_wake_fd;
   std::uint64_t m_wake_buffer = 0;
   wake_operation m_wake_op{*this};
+
+  // Requests with a deadline, submitted and not yet completed (unordered:
+  // there are few, and the list is scanned only when the timer fires).
+  io_operation* m_deadlines = nullptr;
+  deadline_timer_operation m_deadline_timer;
   std::atomic<bool> m_remote_pending{false};
   std::mutex m_remote_mutex;
   std::vector<remote_item> m_remote;  // guarded by m_remote_mutex
@@ -138,16 +162,23 @@ constexpr opcode_need required_opcodes[] = {
     {IORING_OP_TIMEOUT, "IORING_OP_TIMEOUT (5.4)"},
     {IORING_OP_ASYNC_CANCEL, "IORING_OP_ASYNC_CANCEL (5.5)"},
     {IORING_OP_FSYNC, "IORING_OP_FSYNC (5.1)"},
-    {IORING_OP_LINK_TIMEOUT, "IORING_OP_LINK_TIMEOUT (5.5)"},
 };
+
+/// Requests in flight that leave room in the CQ for the deadline timer's
+/// CQE.
+std::size_t request_room(const scheduler_impl& impl) noexcept { return impl.m_cq_entries - 1; }
+
+/// Now on CLOCK_MONOTONIC (steady_clock's clock and IORING_OP_TIMEOUT's
+/// default), in nanoseconds.
+std::int64_t monotonic_ns() noexcept {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
 
 /// Next free SQE. When the SQ is full, submitting hands every queued SQE to
 /// the kernel and frees the whole queue; a ring that keeps refusing to take
 /// SQEs has broken our bookkeeping (in-flight never exceeds the CQ), and
 /// carrying on would lose a wake-up, so that ends the process.
-/// CQEs a request will produce: one, two with a linked timeout.
-unsigned completions_of(const io_operation& op) noexcept { return op.m_link_timeout != nullptr ? 2u : 1u; }
-
 io_uring_sqe& next_sqe(io_uring& ring) noexcept {
   for (int attempt = 0; attempt < 64; ++attempt) {
     if (io_uring_sqe* sqe = io_uring_get_sqe(&ring)) return *sqe;
@@ -170,7 +201,9 @@ int create_ring(io_uring& ring, unsigned entries) {
   for (unsigned flags : flag_sets) {
     io_uring_params params{};
     params.flags = flags | IORING_SETUP_CQSIZE;
-    params.cq_entries = entries * 2;
+    // At least 4: the wake-up read and the deadline timer's kept slot
+    // leave room for requests even with one SQ entry.
+    params.cq_entries = std::max(entries * 2, 4u);
     r = io_uring_queue_init_params(entries, &ring, &params);
     if (r != -EINVAL) return r;  // success, or a refusal no other flags fix
   }
@@ -182,6 +215,11 @@ int create_ring(io_uring& ring, unsigned entries) {
 void detail::wake_operation::prep(io_operation& op, io_uring_sqe& sqe) noexcept {
   scheduler_impl& impl = *static_cast<wake_operation&>(op).m_impl;
   io_uring_prep_read(&sqe, impl.m_wake_fd.get(), &impl.m_wake_buffer, sizeof impl.m_wake_buffer, 0);
+}
+
+void detail::deadline_timer_operation::prep(io_operation& op, io_uring_sqe& sqe) noexcept {
+  auto& t = static_cast<deadline_timer_operation&>(op);
+  io_uring_prep_timeout(&sqe, &t.m_at, 0, IORING_TIMEOUT_ABS);
 }
 
 scheduler::scheduler(options opts) : m_impl(std::make_unique<scheduler_impl>()), m_owner(std::this_thread::get_id()) {
@@ -227,6 +265,7 @@ scheduler::~scheduler() {
   // Waits with a stop token are cancelled by their callbacks, right here.
   impl.m_stop.request_stop();
   cancel(impl.m_wake_op);
+  cancel(impl.m_deadline_timer);
 
   bool cancel_all_sent = false;
   for (;;) {
@@ -301,7 +340,7 @@ void scheduler::resume_ready() {
 void scheduler::poll_io(bool may_block) {
   auto& impl = *m_impl;
 
-  while (impl.m_parked_head != nullptr && impl.m_in_flight + completions_of(*impl.m_parked_head) <= impl.m_cq_entries) {
+  while (impl.m_parked_head != nullptr && impl.m_in_flight < request_room(impl)) {
     io_operation* op = impl.m_parked_head;
     impl.m_parked_head = op->m_next_parked;
     if (impl.m_parked_head == nullptr) impl.m_parked_tail = nullptr;
@@ -345,11 +384,80 @@ void scheduler::poll_io(bool may_block) {
       op->m_state = io_operation::state::idle;  // re-armed on the next turn
       continue;
     }
+    if (op == &impl.m_deadline_timer) {
+      op->m_state = io_operation::state::idle;
+      impl.m_deadline_timer.m_fired = true;  // expired, or cancelled for an earlier deadline
+      continue;
+    }
+    if (op->m_on_deadline_list) forget_deadline(*op);
     op->m_state = io_operation::state::completed;
     impl.m_ready.push(op->m_waiter);
   }
   // Advance before any waiter runs: a resumed coroutine may submit again.
   io_uring_cq_advance(&impl.m_ring, seen);
+  // After the whole batch: a request whose CQE came with the timer's has
+  // left the list and is not cancelled. Its cancels go into the SQ before
+  // anything a resumed waiter submits, so none can reach a later request
+  // made at the same address.
+  if (impl.m_deadline_timer.m_fired) expire_deadlines();
+}
+
+void scheduler::watch_deadline(io_operation& op) noexcept {
+  auto& impl = *m_impl;
+  op.m_deadline_prev = nullptr;
+  op.m_deadline_next = impl.m_deadlines;
+  if (impl.m_deadlines != nullptr) impl.m_deadlines->m_deadline_prev = &op;
+  impl.m_deadlines = &op;
+  op.m_on_deadline_list = true;
+
+  detail::deadline_timer_operation& timer = impl.m_deadline_timer;
+  if (timer.m_state != io_operation::state::in_flight) {
+    if (impl.m_shutting_down) return;
+    timer.set(op.m_deadline_ns);
+    issue(timer);  // into the CQ slot kept for it (see submit)
+    return;
+  }
+  // Usually the timer is set for an earlier deadline (most deadlines are
+  // now + the same bound). Otherwise take it back; its completion re-arms
+  // it for the earliest.
+  if (op.m_deadline_ns < timer.m_armed_ns && !timer.m_cancel_sent) {
+    timer.m_cancel_sent = true;
+    cancel(timer);
+  }
+}
+
+void scheduler::forget_deadline(io_operation& op) noexcept {
+  auto& impl = *m_impl;
+  if (op.m_deadline_prev != nullptr) op.m_deadline_prev->m_deadline_next = op.m_deadline_next;
+  else impl.m_deadlines = op.m_deadline_next;
+  if (op.m_deadline_next != nullptr) op.m_deadline_next->m_deadline_prev = op.m_deadline_prev;
+  op.m_deadline_prev = op.m_deadline_next = nullptr;
+  op.m_on_deadline_list = false;
+}
+
+void scheduler::expire_deadlines() noexcept {
+  auto& impl = *m_impl;
+  detail::deadline_timer_operation& timer = impl.m_deadline_timer;
+  timer.m_fired = false;
+  timer.m_cancel_sent = false;
+  const std::int64_t now = monotonic_ns();
+  std::int64_t earliest = 0;
+  for (io_operation* op = impl.m_deadlines; op != nullptr;) {
+    io_operation* next = op->m_deadline_next;
+    if (op->m_deadline_ns <= now) {
+      // Its waiter resumes on the request's own CQE (-ECANCELED, or its
+      // result if it won the race), as with a stop request.
+      forget_deadline(*op);
+      cancel(*op);
+    } else if (earliest == 0 || op->m_deadline_ns < earliest) {
+      earliest = op->m_deadline_ns;
+    }
+    op = next;
+  }
+  if (earliest != 0 && !impl.m_shutting_down) {
+    timer.set(earliest);
+    issue(timer);
+  }
 }
 
 void scheduler::take_remote() {
@@ -388,9 +496,12 @@ void scheduler::enqueue(std::coroutine_handle<> h) noexcept {
 
 void scheduler::submit(io_operation& op) noexcept {
   auto& impl = *m_impl;
-  if (impl.m_in_flight + completions_of(op) > impl.m_cq_entries || impl.m_parked_head != nullptr) {
-    // Keep in-flight requests within the CQ's size so it cannot overflow;
-    // FIFO so that parked requests keep their order.
+  if (op.m_deadline_ns != 0) watch_deadline(op);
+  if (impl.m_in_flight >= request_room(impl) || impl.m_parked_head != nullptr) {
+    // Keep in-flight requests within the CQ's size so it cannot overflow,
+    // less one CQE kept for the deadline timer, so that requests waiting
+    // for room never keep it from expiring them; FIFO so that parked
+    // requests keep their order.
     op.m_state = io_operation::state::parked;
     op.m_next_parked = nullptr;
     if (impl.m_parked_tail) impl.m_parked_tail->m_next_parked = &op;
@@ -403,20 +514,11 @@ void scheduler::submit(io_operation& op) noexcept {
 
 void scheduler::issue(io_operation& op) noexcept {
   auto& impl = *m_impl;
-  // A link must not be split across two submissions: make room for both.
-  if (op.m_link_timeout != nullptr && io_uring_sq_space_left(&impl.m_ring) < 2) io_uring_submit(&impl.m_ring);
   io_uring_sqe& sqe = next_sqe(impl.m_ring);
   op.m_prep(op, sqe);
   io_uring_sqe_set_data64(&sqe, reinterpret_cast<std::uintptr_t>(&op));
   op.m_state = io_operation::state::in_flight;
   ++impl.m_in_flight;
-  if (op.m_link_timeout != nullptr) {
-    sqe.flags |= IOSQE_IO_LINK;
-    io_uring_sqe& timeout = next_sqe(impl.m_ring);
-    io_uring_prep_link_timeout(&timeout, const_cast<__kernel_timespec*>(op.m_link_timeout), 0);
-    io_uring_sqe_set_data64(&timeout, ignored_user_data);
-    ++impl.m_in_flight;
-  }
 }
 
 void scheduler::cancel(io_operation& op) noexcept {
@@ -435,6 +537,7 @@ void scheduler::cancel(io_operation& op) noexcept {
       *link = op.m_next_parked;
       if (impl.m_parked_tail == &op) impl.m_parked_tail = prev;
       op.m_next_parked = nullptr;
+      if (op.m_on_deadline_list) forget_deadline(op);
       op.m_result = -ECANCELED;
       op.m_state = io_operation::state::completed;
       if (op.m_waiter) enqueue(op.m_waiter);
@@ -592,6 +695,14 @@ scheduler::timer_awaitable scheduler::sleep_until(clock::time_point deadline) no
 // ---- io_awaitable ---------------------------------------------------------
 
 namespace detail {
+
+std::int64_t deadline_after(std::chrono::nanoseconds limit) noexcept {
+  const std::int64_t now = monotonic_ns();
+  const std::int64_t wait = std::max<std::int64_t>(limit.count(), 0);
+  // Never 0, which means no deadline.
+  if (wait > std::numeric_limits<std::int64_t>::max() - now) return std::numeric_limits<std::int64_t>::max();
+  return std::max<std::int64_t>(now + wait, 1);
+}
 
 bool io_awaitable::suspend(std::coroutine_handle<> waiter, const std::stop_token& token) noexcept {
   if (token.stop_requested()) {

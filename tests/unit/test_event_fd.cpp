@@ -6,6 +6,8 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <array>
+#include <optional>
 #include <stop_token>
 #include <string>
 
@@ -73,6 +75,72 @@ TEST_CASE("wait_for resumes with the count, or with nothing when the time runs o
   CHECK(shmbus::scheduler::current() == nullptr);
   s.run(body());
   CHECK(shmbus::scheduler::current() == nullptr);
+}
+
+TEST_CASE("bounded waits share one kernel timer, however many there are", "[event_fd][deadline]") {
+  using namespace std::chrono_literals;
+  shmbus::scheduler s;
+  std::array<shmbus::event_fd, 8> bells;
+  int rung = 0;
+  auto waiter = [&](const shmbus::event_fd& e) -> task<void> {
+    if ((co_await e.wait_for(s, 1h)).has_value()) ++rung;
+  };
+  std::size_t before = 0;
+  std::size_t during = 0;
+  s.run([&]() -> task<void> {
+    co_await s.schedule();
+    before = s.in_flight();
+    for (const auto& e : bells) s.spawn(waiter(e));
+    co_await s.schedule();  // every wait has been submitted
+    during = s.in_flight();
+    for (const auto& e : bells) e.signal();
+    while (s.spawned_count() > 0) co_await s.schedule();
+  }());
+  CHECK(rung == 8);
+  // Eight reads and one timer; a timer per wait would make it sixteen.
+  CHECK(during == before + bells.size() + 1);
+}
+
+TEST_CASE("a bounded wait ends at its deadline when a later one armed the timer first", "[event_fd][deadline]") {
+  using namespace std::chrono_literals;
+  shmbus::scheduler s;
+  shmbus::event_fd slow;
+  shmbus::event_fd quick;
+  std::optional<std::uint64_t> slow_result;
+  auto slow_waiter = [&]() -> task<void> { slow_result = co_await slow.wait_for(s, 1h); };
+  s.spawn(slow_waiter());
+  s.run([&]() -> task<void> {
+    co_await s.schedule();  // the hour-long wait has armed the timer
+    // Had the timer stayed set for the hour, this would not return.
+    const auto nothing = co_await quick.wait_for(s, 1ms);
+    CHECK_FALSE(nothing.has_value());
+    const auto again = co_await quick.wait_for(s, 2ms);  // the timer is re-armed after firing
+    CHECK_FALSE(again.has_value());
+    slow.signal(4);
+    while (s.spawned_count() > 0) co_await s.schedule();
+  }());
+  CHECK(slow_result == std::optional<std::uint64_t>{4});
+}
+
+TEST_CASE("bounded waits parked for room in the completion queue still end at their deadline", "[event_fd][deadline]") {
+  using namespace std::chrono_literals;
+  // One SQ entry: a CQ of 4. The scheduler's wake-up read and the first two
+  // waits fill what requests may use; the later waits, with earlier
+  // deadlines, are parked in user space behind them. The timer must be
+  // re-armed for those while nothing else can be issued, and the waits in
+  // flight end only when the timer expires them.
+  shmbus::scheduler s(shmbus::scheduler::options{.entries = 1});
+  std::array<shmbus::event_fd, 6> bells;
+  int timed_out = 0;
+  auto waiter = [&](const shmbus::event_fd& e, std::chrono::milliseconds limit) -> task<void> {
+    if (!(co_await e.wait_for(s, limit)).has_value()) ++timed_out;
+  };
+  s.run([&]() -> task<void> {
+    co_await s.schedule();  // the wake-up read is in flight
+    for (std::size_t i = 0; i < bells.size(); ++i) s.spawn(waiter(bells[i], i < 2 ? 50ms : 1ms));
+    while (s.spawned_count() > 0) co_await s.schedule();
+  }());
+  CHECK(timed_out == 6);
 }
 
 TEST_CASE("wait_for is cancelled by its stop token, not mistaken for a timeout", "[event_fd]") {

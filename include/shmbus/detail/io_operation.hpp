@@ -16,13 +16,13 @@
 #include <shmbus/export.hpp>
 #include <shmbus/task.hpp>
 
+#include <chrono>
 #include <coroutine>
 #include <cstdint>
 #include <optional>
 #include <stop_token>
 
 struct io_uring_sqe;
-struct __kernel_timespec;
 
 namespace shmbus {
 class scheduler;
@@ -46,15 +46,23 @@ struct io_operation {
   io_operation& operator=(const io_operation&) = delete;
 
   prep_fn m_prep;
-  /// When set, the request is linked to an IORING_OP_LINK_TIMEOUT with this
-  /// relative time (read at submission): it completes with -ECANCELED if it
-  /// has not finished by then. The timeout's own completion is ignored.
-  const __kernel_timespec* m_link_timeout = nullptr;
+  /// When non-zero, a CLOCK_MONOTONIC time in nanoseconds: a request still
+  /// pending then is cancelled (it completes with -ECANCELED). Submitted
+  /// requests with a deadline are on the scheduler's deadline list, served by
+  /// one kernel timer for all of them (docs/SCHEDULER.md, "Deadlines").
+  std::int64_t m_deadline_ns = 0;
+  io_operation* m_deadline_prev = nullptr;
+  io_operation* m_deadline_next = nullptr;
   std::coroutine_handle<> m_waiter;
   io_operation* m_next_parked = nullptr;
   int m_result = 0;
   state m_state = state::idle;
+  bool m_on_deadline_list = false;
 };
+
+/// The io_operation::m_deadline_ns that lies `limit` from now (at least
+/// now; saturated far in the future).
+SHMBUS_API std::int64_t deadline_after(std::chrono::nanoseconds limit) noexcept;
 
 /// Base of every awaitable io_uring request: stop-token plumbing.
 ///
