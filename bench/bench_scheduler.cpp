@@ -14,6 +14,9 @@
 //   wakeup_eventfd_vs_uring  (diagnostic) the same, against a bare io_uring
 //                     read of the eventfd without the scheduler: what the
 //                     scheduler itself adds on top of the kernel's path
+//   wakeup_eventfd_bounded  wakeup_eventfd with every scheduler-side wait
+//                     bounded (event_fd::wait_for, 1 s), as a channel's sleep
+//                     is: what a deadline adds, against the same baseline
 //
 // Usage: bench_scheduler [--json] [--quick] [--case NAME] [--samples PREFIX]
 // Exits 77 (Meson's "skipped") where the kernel refuses io_uring.
@@ -264,12 +267,28 @@ class baseline_waiter {
   std::optional<raw_ring> m_ring;
 };
 
+/// The scheduler side's wait: plain, or bounded as a channel's sleep is (a
+/// wait that runs out, which a live peer never lets happen, is repeated).
+task<void> scheduler_wait(scheduler& s, const shmbus::event_fd& e, bool bounded) {
+  if (!bounded) {
+    co_await e.wait(s);
+    co_return;
+  }
+  for (;;) {
+    // Not `while (!(co_await ...).has_value())`: g++ 12 miscompiles that
+    // (docs/SCHEDULER.md, "task<T>").
+    const std::optional<std::uint64_t> value = co_await e.wait_for(s, std::chrono::seconds(1));
+    if (value.has_value()) co_return;
+    check_peer_alive();
+  }
+}
+
 /// Process A, scheduler side: one sample per round trip, halved.
-task<void> ping_scheduler(scheduler& s, const doorbells& d, std::size_t n, std::vector<double>& out) {
+task<void> ping_scheduler(scheduler& s, const doorbells& d, bool bounded, std::size_t n, std::vector<double>& out) {
   for (std::size_t i = 0; i < n; ++i) {
     const auto t0 = bench::now_ns();
     d.e1.signal();
-    co_await d.e2.wait(s);
+    co_await scheduler_wait(s, d.e2, bounded);
     const auto t1 = bench::now_ns();
     check_peer_alive();
     out.push_back(static_cast<double>(t1 - t0) / 2);
@@ -277,9 +296,9 @@ task<void> ping_scheduler(scheduler& s, const doorbells& d, std::size_t n, std::
 }
 
 /// Process B, scheduler side.
-task<void> echo_scheduler(scheduler& s, const doorbells& d, std::size_t n) {
+task<void> echo_scheduler(scheduler& s, const doorbells& d, bool bounded, std::size_t n) {
   for (std::size_t i = 0; i < n; ++i) {
-    co_await d.e1.wait(s);
+    co_await scheduler_wait(s, d.e1, bounded);
     d.e2.signal();
   }
 }
@@ -305,7 +324,8 @@ void echo_baseline(const doorbells& d, baseline_waiter& w, std::size_t n) {
 
 /// Process B: mirrors run_interleaved's sequence of blocks exactly (warm-up
 /// A B, then pairs A B), so no other synchronisation is needed.
-[[noreturn]] void echo_process(const doorbells& d, baseline_kind kind, const bench::plan& p, int status_fd) {
+[[noreturn]] void echo_process(const doorbells& d, baseline_kind kind, bool bounded, const bench::plan& p,
+                               int status_fd) {
   char status = 'E';
   try {
     ::prctl(PR_SET_PDEATHSIG, SIGKILL);
@@ -316,7 +336,7 @@ void echo_baseline(const doorbells& d, baseline_waiter& w, std::size_t n) {
     if (::write(status_fd, &status, 1) != 1) ::_exit(3);
     ::close(status_fd);
     for (std::size_t i = 0; i < p.warmup_blocks + p.pairs; ++i) {
-      s.run(echo_scheduler(s, d, p.block));
+      s.run(echo_scheduler(s, d, bounded, p.block));
       echo_baseline(d, w, p.block);
     }
     // Exit only when told: our SIGCHLD must not reach A while it measures.
@@ -331,7 +351,7 @@ void echo_baseline(const doorbells& d, baseline_waiter& w, std::size_t n) {
   ::_exit(0);
 }
 
-bench::result wakeup_case(const bench::plan& p, baseline_kind kind) {
+bench::result wakeup_case(const bench::plan& p, baseline_kind kind, bool bounded) {
   doorbells d;
   if (!d.b1 || !d.b2) throw std::runtime_error(fmt::format("eventfd: {}", std::strerror(errno)));
   int status_pipe[2];
@@ -352,7 +372,7 @@ bench::result wakeup_case(const bench::plan& p, baseline_kind kind) {
   if (child < 0) throw std::runtime_error(fmt::format("fork: {}", std::strerror(errno)));
   if (child == 0) {
     ::close(status_pipe[0]);
-    echo_process(d, kind, p, status_pipe[1]);
+    echo_process(d, kind, bounded, p, status_pipe[1]);
   }
   ::close(status_pipe[1]);
 
@@ -393,7 +413,7 @@ bench::result wakeup_case(const bench::plan& p, baseline_kind kind) {
   // Waits are unblocked by the SIGCHLD handler on either side's doorbell.
   bench::side sched_side{"scheduler", [&](std::size_t n, std::vector<double>& out) {
                            g_unblock_fd = d.e2.native_handle();
-                           s.run(ping_scheduler(s, d, n, out));
+                           s.run(ping_scheduler(s, d, bounded, n, out));
                          }};
   bench::side base_side{"baseline", [&](std::size_t n, std::vector<double>& out) {
                           g_unblock_fd = d.b2.get();
@@ -408,7 +428,7 @@ bench::result wakeup_case(const bench::plan& p, baseline_kind kind) {
   bench::result r;
   r.op = "one-way wake-up (round trip / 2)";
   if (kind == baseline_kind::syscalls) {
-    r.name = "wakeup_eventfd";
+    r.name = bounded ? "wakeup_eventfd_bounded" : "wakeup_eventfd";
     r.baseline = "raw_eventfd_pingpong";
   } else {
     r.name = "wakeup_eventfd_vs_uring";
@@ -421,8 +441,9 @@ bench::result wakeup_case(const bench::plan& p, baseline_kind kind) {
   return r;
 }
 
-bench::result wakeup_eventfd(const bench::plan& p) { return wakeup_case(p, baseline_kind::syscalls); }
-bench::result wakeup_eventfd_vs_uring(const bench::plan& p) { return wakeup_case(p, baseline_kind::uring); }
+bench::result wakeup_eventfd(const bench::plan& p) { return wakeup_case(p, baseline_kind::syscalls, false); }
+bench::result wakeup_eventfd_vs_uring(const bench::plan& p) { return wakeup_case(p, baseline_kind::uring, false); }
+bench::result wakeup_eventfd_bounded(const bench::plan& p) { return wakeup_case(p, baseline_kind::syscalls, true); }
 
 // ---- the cases -------------------------------------------------------------------
 
@@ -488,6 +509,7 @@ const case_spec cases[] = {
     {"timer_zero", timer_zero, {1, 10, 2000}, {1, 2, 100}},
     {"wakeup_eventfd", wakeup_eventfd, {1, 10, 2000}, {1, 2, 200}},
     {"wakeup_eventfd_vs_uring", wakeup_eventfd_vs_uring, {1, 10, 2000}, {1, 2, 200}},
+    {"wakeup_eventfd_bounded", wakeup_eventfd_bounded, {1, 10, 2000}, {1, 2, 200}},
 };
 
 }  // namespace
