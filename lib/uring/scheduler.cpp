@@ -113,15 +113,15 @@ struct scheduler_impl {
   unique_fd m_wake_fd;
   std::uint64_t m_wake_buffer = 0;
   wake_operation m_wake_op{*this};
+  std::atomic<bool> m_remote_pending{false};
+  std::mutex m_remote_mutex;
+  std::vector<remote_item> m_remote;  // guarded by m_remote_mutex
+  std::vector<remote_item> m_remote_taken;
 
   // Requests with a deadline, submitted and not yet completed (unordered:
   // there are few, and the list is scanned only when the timer fires).
   io_operation* m_deadlines = nullptr;
   deadline_timer_operation m_deadline_timer;
-  std::atomic<bool> m_remote_pending{false};
-  std::mutex m_remote_mutex;
-  std::vector<remote_item> m_remote;  // guarded by m_remote_mutex
-  std::vector<remote_item> m_remote_taken;
 
   spawned_task* m_spawned_head = nullptr;
   std::size_t m_spawned_count = 0;
