@@ -23,7 +23,7 @@
 using shmbus::task;
 using namespace std::chrono_literals;
 
-TEST_CASE("awaiting timers, eventfds and pipe reads allocates nothing after warm-up", "[allocation]") {
+TEST_CASE("awaiting timers, eventfds (bounded too) and pipe reads allocates nothing after warm-up", "[allocation]") {
   shmbus::scheduler s;
   shmbus::event_fd e;
   int fds[2];
@@ -34,6 +34,13 @@ TEST_CASE("awaiting timers, eventfds and pipe reads allocates nothing after warm
     co_await s.sleep_for(0ns);
     e.signal();
     co_await e.wait(s);
+    // Bounded waits: one rung, one that runs out (the deadline timer fires
+    // and cancels the read).
+    e.signal();
+    const auto rung = co_await e.wait_for(s, 1s);
+    if (!rung) throw std::runtime_error("a rung bounded wait ran out");
+    const auto ran_out = co_await e.wait_for(s, 0ns);
+    if (ran_out) throw std::runtime_error("a bounded wait nobody rang returned a value");
     const std::array<std::byte, 8> out{};
     co_await shmbus::async_write(s, fds[1], out);
     std::array<std::byte, 8> in{};
