@@ -267,13 +267,9 @@ class baseline_waiter {
   std::optional<raw_ring> m_ring;
 };
 
-/// The scheduler side's wait: plain, or bounded as a channel's sleep is (a
-/// wait that runs out, which a live peer never lets happen, is repeated).
-task<void> scheduler_wait(scheduler& s, const shmbus::event_fd& e, bool bounded) {
-  if (!bounded) {
-    co_await e.wait(s);
-    co_return;
-  }
+/// The scheduler side's wait bounded as a channel's sleep is (a wait that
+/// runs out, which a live peer never lets happen, is repeated).
+task<void> bounded_wait(scheduler& s, const shmbus::event_fd& e) {
   for (;;) {
     // Not `while (!(co_await ...).has_value())`: g++ 12 miscompiles that
     // (docs/SCHEDULER.md, "task<T>").
@@ -288,7 +284,8 @@ task<void> ping_scheduler(scheduler& s, const doorbells& d, bool bounded, std::s
   for (std::size_t i = 0; i < n; ++i) {
     const auto t0 = bench::now_ns();
     d.e1.signal();
-    co_await scheduler_wait(s, d.e2, bounded);
+    if (bounded) co_await bounded_wait(s, d.e2);
+    else co_await d.e2.wait(s);
     const auto t1 = bench::now_ns();
     check_peer_alive();
     out.push_back(static_cast<double>(t1 - t0) / 2);
@@ -298,7 +295,8 @@ task<void> ping_scheduler(scheduler& s, const doorbells& d, bool bounded, std::s
 /// Process B, scheduler side.
 task<void> echo_scheduler(scheduler& s, const doorbells& d, bool bounded, std::size_t n) {
   for (std::size_t i = 0; i < n; ++i) {
-    co_await scheduler_wait(s, d.e1, bounded);
+    if (bounded) co_await bounded_wait(s, d.e1);
+    else co_await d.e1.wait(s);
     d.e2.signal();
   }
 }
