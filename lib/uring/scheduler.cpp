@@ -83,6 +83,15 @@ struct wake_operation : io_operation {
   scheduler_impl* m_impl;
 };
 
+namespace {
+/// A duration (or a CLOCK_MONOTONIC time) as io_uring's timespec; negative
+/// is zero.
+__kernel_timespec to_timespec(std::chrono::nanoseconds ns) noexcept {
+  if (ns.count() < 0) ns = std::chrono::nanoseconds(0);
+  return {static_cast<std::int64_t>(ns.count() / 1'000'000'000), static_cast<long long>(ns.count() % 1'000'000'000)};
+}
+}  // namespace
+
 /// The one kernel timer behind every request deadline: an absolute
 /// IORING_OP_TIMEOUT set for the earliest deadline it was armed for.
 struct deadline_timer_operation : io_operation {
@@ -90,8 +99,7 @@ struct deadline_timer_operation : io_operation {
   static void prep(io_operation& op, io_uring_sqe& sqe) noexcept;
   void set(std::int64_t at_ns) noexcept {
     m_armed_ns = at_ns;
-    m_at.tv_sec = at_ns / 1'000'000'000;
-    m_at.tv_nsec = at_ns % 1'000'000'000;
+    m_at = to_timespec(std::chrono::nanoseconds(at_ns));
   }
   __kernel_timespec m_at{};
   std::int64_t m_armed_ns = 0;
@@ -135,6 +143,7 @@ struct scheduler_impl {
 
 using detail::io_operation;
 using detail::scheduler_impl;
+using detail::to_timespec;
 
 namespace {
 
@@ -648,13 +657,6 @@ std::size_t scheduler::spawned_count() const noexcept { return m_impl->m_spawned
 std::size_t scheduler::in_flight() const noexcept { return m_impl->m_in_flight; }
 
 // ---- timers ---------------------------------------------------------------
-
-namespace {
-__kernel_timespec to_timespec(std::chrono::nanoseconds ns) noexcept {
-  if (ns.count() < 0) ns = std::chrono::nanoseconds(0);
-  return {static_cast<std::int64_t>(ns.count() / 1'000'000'000), static_cast<long long>(ns.count() % 1'000'000'000)};
-}
-}  // namespace
 
 scheduler::timer_awaitable::timer_awaitable(scheduler& s, __kernel_timespec ts, bool absolute, bool due) noexcept
     : io_awaitable(s, &prep), m_ts(ts), m_absolute(absolute), m_due(due) {}
