@@ -41,6 +41,9 @@
 //                    plain buffer of the ring's size. The difference
 //                    (overhead_ns_p50) is instructions, without the
 //                    cross-core traffic that makes the other cases noisy.
+//                    Third side: channel_loan, the same message published
+//                    through try_loan, a copy into the loan, and commit
+//                    (loan_overhead_ns_p50).
 //
 // Pinning: the parent runs on CPU 0 and its workers on CPU 1 (sched_setaffinity;
 // "pinned" says whether that was granted), restored after each case. Every
@@ -1227,6 +1230,28 @@ bench::result op_cost_one(std::size_t size, const bench::plan& p, std::size_t pe
     }
     tally.add(heap_allocations_in_this_thread() - a0, n * per_sample);
   }};
+  // Third side: the zero-copy publishing path (a loan filled by the same
+  // copy, then committed), read back the same way.
+  bench::side loan_side{"channel_loan", [&](std::size_t n, std::vector<double>& out) {
+    out.reserve(out.size() + n);
+    const std::uint64_t a0 = heap_allocations_in_this_thread();
+    for (std::size_t k = 0; k < n; ++k) {
+      const auto t0 = bench::now_ns();
+      for (std::size_t i = 0; i < per_sample; ++i) {
+        const std::uint64_t c = ++counter;
+        std::memcpy(msg.data(), &c, sizeof c);
+        shmbus::byte_loan loan = pub.try_loan(static_cast<std::uint32_t>(size));
+        if (!loan) throw std::runtime_error("try_loan refused");
+        std::memcpy(loan.data().data(), msg.data(), size);
+        loan.commit();
+        const shmbus::byte_message m = sub.try_next();
+        if (!consume(m.data, read_kind::copy, local, c)) ++errors;
+      }
+      const auto t1 = bench::now_ns();
+      out.push_back(static_cast<double>(t1 - t0) / static_cast<double>(per_sample));
+    }
+    tally.add(heap_allocations_in_this_thread() - a0, n * per_sample);
+  }};
   bench::side plain_side{"plain_ring_copies", [&](std::size_t n, std::vector<double>& out) {
     for (std::size_t k = 0; k < n; ++k) {
       const auto t0 = bench::now_ns();
@@ -1242,7 +1267,7 @@ bench::result op_cost_one(std::size_t size, const bench::plan& p, std::size_t pe
       out.push_back(static_cast<double>(t1 - t0) / static_cast<double>(per_sample));
     }
   }};
-  const bench::comparison c = bench::run_interleaved(channel_side, plain_side, p);
+  const bench::comparison c = bench::run_interleaved(channel_side, plain_side, p, {loan_side});
   if (errors != 0) throw std::runtime_error(fmt::format("{} messages read back wrong", errors));
 
   bench::result r;
@@ -1252,6 +1277,9 @@ bench::result op_cost_one(std::size_t size, const bench::plan& p, std::size_t pe
   r.baseline = "plain_ring_copies";
   bench::fill(r, c);
   add_number(r, "overhead_ns_p50", r.measured.p50 - r.base.p50, 1);
+  const bench::stats loan = bench::compute_stats(c.samples_more[0]);
+  add_number(r, "loan_p50_ns", loan.p50, 1);
+  add_number(r, "loan_overhead_ns_p50", loan.p50 - r.base.p50, 1);
   r.add_extra("size", static_cast<std::int64_t>(size));
   r.add_extra("ring_bytes", static_cast<std::int64_t>(ring_bytes));
   add_number(r, "allocs_per_msg", tally.per_message(), 6);

@@ -469,9 +469,11 @@ publish_status byte_publisher::try_publish(std::span<const std::byte> bytes) noe
 }
 
 byte_loan byte_publisher::try_loan(std::uint32_t length) noexcept {
-  detail::claim_ticket c;
-  if (try_claim(length, c) != publish_status::ok) return {};
-  return lend(c);
+  // The ring writes the claim into the loan itself, which is returned in
+  // place: no copy of a ticket just stored (see claim_ticket.hpp).
+  byte_loan loan;
+  if (try_claim(length, loan.m_claim) == publish_status::ok) loan.m_owner = m_core.get();
+  return loan;
 }
 
 task<void> byte_publisher::claim_when_room(detail::frame_cache&, byte_publisher& self, std::uint32_t length,

@@ -608,14 +608,14 @@ claim_status ring::publish_copy_claimed(std::span<const std::byte> bytes, std::u
   return st;
 }
 
-void ring::note_resync_hints(const claim& c, std::uint64_t end) noexcept {
+void ring::note_resync_hints(std::uint64_t claim_position, std::uint64_t frame_position, std::uint64_t end) noexcept {
   const std::uint64_t segment = std::uint64_t{1} << m_segment_shift;
   // Not (..., end]: the boundary at `end` is the one a ring earlier than
   // the oldest byte a reader can resume at, and shares its entry.
-  for (std::uint64_t b = (c.claim_position + segment - 1) & ~(segment - 1); b < end; b += segment) {
+  for (std::uint64_t b = (claim_position + segment - 1) & ~(segment - 1); b < end; b += segment) {
     // The frames of this claim start at claim_position (padding, if any)
     // and frame_position; the next claim's starts at `end`.
-    const std::uint64_t first = b == c.claim_position ? b : b <= c.frame_position ? c.frame_position : end;
+    const std::uint64_t first = b == claim_position ? b : b <= frame_position ? frame_position : end;
     shared(m_header->resync_hints[(b & m_mask) >> m_segment_shift]).store(first, std::memory_order_release);
   }
 }

@@ -358,7 +358,7 @@ class ring {
   bool claim_reaches(std::uint64_t start, std::uint64_t position) const noexcept;
   /// commit_as, for a claim over a resync segment boundary: records where
   /// the first frame at or after each boundary in [claim start, end) starts.
-  void note_resync_hints(const claim& c, std::uint64_t end) noexcept;
+  void note_resync_hints(std::uint64_t claim_position, std::uint64_t frame_position, std::uint64_t end) noexcept;
   /// Where a reader that lagged behind `tail` (> capacity) resumes: the
   /// first frame start at or after tail - capacity that a resync hint names
   /// and whose commit word checks, or else the next lap boundary.
@@ -611,7 +611,8 @@ inline void ring::commit_as(const claim& c, std::uint32_t publisher_index, std::
   ring_detail::shared(me.intent_position).store(~std::uint64_t{0}, std::memory_order_release);
   if (type == layout::frame_data) count_published(me);
   const std::uint64_t end = c.frame_position + layout::frame_size(c.length);
-  if (passes_segment_boundary(c.claim_position, end)) [[unlikely]] note_resync_hints(c, end);
+  if (passes_segment_boundary(c.claim_position, end)) [[unlikely]]
+    note_resync_hints(c.claim_position, c.frame_position, end);
 }
 
 inline claim_status ring::publish_copy(std::span<const std::byte> bytes, std::uint32_t publisher_index) noexcept {
@@ -660,7 +661,7 @@ inline claim_status ring::publish_copy(std::span<const std::byte> bytes, std::ui
         ring_detail::shared(me.intent_position).store(~std::uint64_t{0}, std::memory_order_release);
         count_published(me);
         if (passes_segment_boundary(position, end)) [[unlikely]]
-          note_resync_hints({position, position, sequence, nullptr, length}, end);
+          note_resync_hints(position, position, end);
         return claim_status::ok;
       }
       // Another publisher joined, or one came and went: try_claim, whose
