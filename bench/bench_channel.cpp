@@ -1213,45 +1213,38 @@ bench::result op_cost_one(std::size_t size, const bench::plan& p, std::size_t pe
   std::uint64_t counter = 0, plain_position = 0, errors = 0;
   alloc_tally tally;
 
-  bench::side channel_side{"channel", [&](std::size_t n, std::vector<double>& out) {
-    out.reserve(out.size() + n);  // the bench's own allocation, outside the count
-    const std::uint64_t a0 = heap_allocations_in_this_thread();
-    for (std::size_t k = 0; k < n; ++k) {
-      const auto t0 = bench::now_ns();
-      for (std::size_t i = 0; i < per_sample; ++i) {
-        const std::uint64_t c = ++counter;
-        std::memcpy(msg.data(), &c, sizeof c);
-        if (pub.try_publish(msg) != shmbus::publish_status::ok) throw std::runtime_error("try_publish refused");
-        const shmbus::byte_message m = sub.try_next();
-        if (!consume(m.data, read_kind::copy, local, c)) ++errors;
+  // A channel side: each message published by `publish`, then read back
+  // and copied out; the heap allocations of the whole block counted.
+  auto channel_samples = [&](auto publish) {
+    return [&, publish](std::size_t n, std::vector<double>& out) {
+      out.reserve(out.size() + n);  // the bench's own allocation, outside the count
+      const std::uint64_t a0 = heap_allocations_in_this_thread();
+      for (std::size_t k = 0; k < n; ++k) {
+        const auto t0 = bench::now_ns();
+        for (std::size_t i = 0; i < per_sample; ++i) {
+          const std::uint64_t c = ++counter;
+          std::memcpy(msg.data(), &c, sizeof c);
+          publish();
+          const shmbus::byte_message m = sub.try_next();
+          if (!consume(m.data, read_kind::copy, local, c)) ++errors;
+        }
+        const auto t1 = bench::now_ns();
+        out.push_back(static_cast<double>(t1 - t0) / static_cast<double>(per_sample));
       }
-      const auto t1 = bench::now_ns();
-      out.push_back(static_cast<double>(t1 - t0) / static_cast<double>(per_sample));
-    }
-    tally.add(heap_allocations_in_this_thread() - a0, n * per_sample);
-  }};
+      tally.add(heap_allocations_in_this_thread() - a0, n * per_sample);
+    };
+  };
+  bench::side channel_side{"channel", channel_samples([&] {
+    if (pub.try_publish(msg) != shmbus::publish_status::ok) throw std::runtime_error("try_publish refused");
+  })};
   // Third side: the zero-copy publishing path (a loan filled by the same
-  // copy, then committed), read back the same way.
-  bench::side loan_side{"channel_loan", [&](std::size_t n, std::vector<double>& out) {
-    out.reserve(out.size() + n);
-    const std::uint64_t a0 = heap_allocations_in_this_thread();
-    for (std::size_t k = 0; k < n; ++k) {
-      const auto t0 = bench::now_ns();
-      for (std::size_t i = 0; i < per_sample; ++i) {
-        const std::uint64_t c = ++counter;
-        std::memcpy(msg.data(), &c, sizeof c);
-        shmbus::byte_loan loan = pub.try_loan(static_cast<std::uint32_t>(size));
-        if (!loan) throw std::runtime_error("try_loan refused");
-        std::memcpy(loan.data().data(), msg.data(), size);
-        loan.commit();
-        const shmbus::byte_message m = sub.try_next();
-        if (!consume(m.data, read_kind::copy, local, c)) ++errors;
-      }
-      const auto t1 = bench::now_ns();
-      out.push_back(static_cast<double>(t1 - t0) / static_cast<double>(per_sample));
-    }
-    tally.add(heap_allocations_in_this_thread() - a0, n * per_sample);
-  }};
+  // copy, then committed).
+  bench::side loan_side{"channel_loan", channel_samples([&] {
+    shmbus::byte_loan loan = pub.try_loan(static_cast<std::uint32_t>(size));
+    if (!loan) throw std::runtime_error("try_loan refused");
+    std::memcpy(loan.data().data(), msg.data(), size);
+    loan.commit();
+  })};
   bench::side plain_side{"plain_ring_copies", [&](std::size_t n, std::vector<double>& out) {
     for (std::size_t k = 0; k < n; ++k) {
       const auto t0 = bench::now_ns();
