@@ -20,15 +20,15 @@ struct claim_ticket {
   // struct in 16-byte pieces. A load that spans two younger stores cannot
   // take their data from the store buffer: it waits until every older
   // store has reached the cache, the last message's payload among them,
-  // whose lines a subscriber may be holding. That wait cost a tenth of the
-  // 4 KiB zero-copy throughput. Loads through volatile are made as
-  // written, each the width of one field.
+  // whose lines a subscriber may be holding: 15 ns per 4 KiB loan in one
+  // thread, and some per cent of a zero-copy stream between processes.
+  // Loads through volatile are made as written, each the width of one
+  // field.
   claim_ticket(const claim_ticket& other) noexcept { copy_fields(other); }
   claim_ticket& operator=(const claim_ticket& other) noexcept {
     copy_fields(other);
     return *this;
   }
-  ~claim_ticket() = default;
 
  private:
   void copy_fields(const volatile claim_ticket& other) noexcept {
