@@ -43,7 +43,9 @@
 //                    cross-core traffic that makes the other cases noisy.
 //                    Third side: channel_loan, the same message published
 //                    through try_loan, a copy into the loan, and commit
-//                    (loan_overhead_ns_p50).
+//                    (loan_overhead_ns_p50). Fourth: channel_await, through
+//                    co_await publish() and co_await next() on a scheduler
+//                    (await_overhead_ns_p50).
 //
 // Pinning: the parent runs on CPU 0 and its workers on CPU 1 (sched_setaffinity;
 // "pinned" says whether that was granted), restored after each case. Every
@@ -1188,6 +1190,28 @@ void fanout(const settings& s, const emit_fn& emit) {
 /// copy out), against the same copies into and out of a plain buffer of the
 /// ring's size: the difference is the protocol's cost per message, free of
 /// the cross-core traffic that makes the two-process cases noisy here.
+/// op_cost's awaiting side: `n` samples of `per_sample` messages, each
+/// published by co_await publish() and read back by co_await next() and a
+/// copy out; the heap allocations of the samples added to `allocations`.
+task<void> await_samples(shmbus::byte_publisher& pub, shmbus::byte_subscriber& sub, std::span<std::byte> msg,
+                         std::byte* local, std::uint64_t& counter, std::size_t n, std::size_t per_sample,
+                         std::vector<double>& out, std::uint64_t& errors, std::uint64_t& allocations) {
+  const std::uint64_t a0 = heap_allocations_in_this_thread();
+  for (std::size_t k = 0; k < n; ++k) {
+    const auto t0 = bench::now_ns();
+    for (std::size_t i = 0; i < per_sample; ++i) {
+      const std::uint64_t c = ++counter;
+      std::memcpy(msg.data(), &c, sizeof c);
+      co_await pub.publish(msg);
+      const shmbus::byte_message m = co_await sub.next();
+      if (!consume(m.data, read_kind::copy, local, c)) ++errors;
+    }
+    const auto t1 = bench::now_ns();
+    out.push_back(static_cast<double>(t1 - t0) / static_cast<double>(per_sample));
+  }
+  allocations += heap_allocations_in_this_thread() - a0;
+}
+
 bench::result op_cost_one(std::size_t size, const bench::plan& p, std::size_t per_sample, std::uint64_t ring_bytes) {
   affinity_guard affinity;
   const bool pinned = bench::pin_to_cpu(0);
@@ -1245,6 +1269,15 @@ bench::result op_cost_one(std::size_t size, const bench::plan& p, std::size_t pe
     std::memcpy(loan.data().data(), msg.data(), size);
     loan.commit();
   })};
+  // Fourth side: the same through the awaitables, on a scheduler (the
+  // message is always there: next() never waits).
+  shmbus::scheduler sched;
+  bench::side await_side{"channel_await", [&](std::size_t n, std::vector<double>& out) {
+    out.reserve(out.size() + n);
+    std::uint64_t allocations = 0;
+    sched.run(await_samples(pub, sub, msg, local, counter, n, per_sample, out, errors, allocations));
+    tally.add(allocations, n * per_sample);
+  }};
   bench::side plain_side{"plain_ring_copies", [&](std::size_t n, std::vector<double>& out) {
     for (std::size_t k = 0; k < n; ++k) {
       const auto t0 = bench::now_ns();
@@ -1260,7 +1293,7 @@ bench::result op_cost_one(std::size_t size, const bench::plan& p, std::size_t pe
       out.push_back(static_cast<double>(t1 - t0) / static_cast<double>(per_sample));
     }
   }};
-  const bench::comparison c = bench::run_interleaved(channel_side, plain_side, p, {loan_side});
+  const bench::comparison c = bench::run_interleaved(channel_side, plain_side, p, {loan_side, await_side});
   if (errors != 0) throw std::runtime_error(fmt::format("{} messages read back wrong", errors));
 
   bench::result r;
@@ -1273,6 +1306,9 @@ bench::result op_cost_one(std::size_t size, const bench::plan& p, std::size_t pe
   const bench::stats loan = bench::compute_stats(c.samples_more[0]);
   add_number(r, "loan_p50_ns", loan.p50, 1);
   add_number(r, "loan_overhead_ns_p50", loan.p50 - r.base.p50, 1);
+  const bench::stats awaited = bench::compute_stats(c.samples_more[1]);
+  add_number(r, "await_p50_ns", awaited.p50, 1);
+  add_number(r, "await_overhead_ns_p50", awaited.p50 - r.base.p50, 1);
   r.add_extra("size", static_cast<std::int64_t>(size));
   r.add_extra("ring_bytes", static_cast<std::int64_t>(ring_bytes));
   add_number(r, "allocs_per_msg", tally.per_message(), 6);
