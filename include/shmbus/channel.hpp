@@ -31,6 +31,7 @@
 
 #include <shmbus/detail/claim_ticket.hpp>
 #include <shmbus/detail/frame_cache.hpp>
+#include <shmbus/detail/fresh_copy.hpp>
 #include <shmbus/error.hpp>
 #include <shmbus/export.hpp>
 #include <shmbus/region.hpp>
@@ -459,18 +460,15 @@ class SHMBUS_API byte_subscriber {
 namespace detail {
 
 /// A copy of a message that was stored a moment ago, made one field at a
-/// time (see claim_ticket.hpp: a wider load over fields stored one by one
-/// waits for the store buffer to drain).
+/// time (detail/fresh_copy.hpp).
 inline byte_message fresh_copy(const byte_message& m) noexcept {
   const std::byte* data = m.data.data();
   std::size_t size = m.data.size();
   std::uint64_t sequence = m.sequence;
   std::uint64_t missed = m.missed;
-  auto status = static_cast<std::uint8_t>(m.status);
-  // Each value must be in a register of its own here: the compiler cannot
-  // fuse the loads above into wider ones.
-  __asm__("" : "+r"(data), "+r"(size), "+r"(sequence), "+r"(missed), "+r"(status));
-  return {{data, size}, sequence, missed, static_cast<receive_status>(status)};
+  receive_status status = m.status;
+  in_registers(data, size, sequence, missed, status);
+  return {{data, size}, sequence, missed, status};
 }
 
 inline bool next_awaitable::await_ready() noexcept {

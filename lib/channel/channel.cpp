@@ -470,7 +470,7 @@ publish_status byte_publisher::try_publish(std::span<const std::byte> bytes) noe
 
 byte_loan byte_publisher::try_loan(std::uint32_t length) noexcept {
   // The ring writes the claim into the loan itself, which is returned in
-  // place: no copy of a ticket just stored (see claim_ticket.hpp).
+  // place: no copy of a ticket just stored (detail/fresh_copy.hpp).
   byte_loan loan;
   if (try_claim(length, loan.m_claim) == publish_status::ok) loan.m_owner = m_core.get();
   return loan;

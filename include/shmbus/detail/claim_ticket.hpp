@@ -2,6 +2,8 @@
 // Carried by publishers' loans and awaitables; filled by the ring.
 #pragma once
 
+#include <shmbus/detail/fresh_copy.hpp>
+
 #include <cstddef>
 #include <cstdint>
 
@@ -15,15 +17,8 @@ struct claim_ticket {
   std::uint32_t length = 0;          ///< payload bytes
 
   claim_ticket() noexcept = default;
-  // Copied field by field. A ticket is copied (into a loan) right after
-  // the ring stored it one field at a time, and a compiler copies a
-  // struct in 16-byte pieces. A load that spans two younger stores cannot
-  // take their data from the store buffer: it waits until every older
-  // store has reached the cache, the last message's payload among them,
-  // whose lines a subscriber may be holding: 15 ns per 4 KiB loan in one
-  // thread, and some per cent of a zero-copy stream between processes.
-  // Loads through volatile are made as written, each the width of one
-  // field.
+  // Copied field by field: a ticket is copied right after the ring stored
+  // it (see fresh_copy.hpp).
   claim_ticket(const claim_ticket& other) noexcept { copy_fields(other); }
   claim_ticket& operator=(const claim_ticket& other) noexcept {
     copy_fields(other);
@@ -31,12 +26,16 @@ struct claim_ticket {
   }
 
  private:
-  void copy_fields(const volatile claim_ticket& other) noexcept {
-    claim_position = other.claim_position;
-    frame_position = other.frame_position;
-    sequence = other.sequence;
-    payload = other.payload;
-    length = other.length;
+  void copy_fields(const claim_ticket& other) noexcept {
+    std::uint64_t claim = other.claim_position, frame = other.frame_position, seq = other.sequence;
+    std::byte* data = other.payload;
+    std::uint32_t n = other.length;
+    in_registers(claim, frame, seq, data, n);
+    claim_position = claim;
+    frame_position = frame;
+    sequence = seq;
+    payload = data;
+    length = n;
   }
 };
 
