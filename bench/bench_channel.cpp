@@ -1186,10 +1186,6 @@ void fanout(const settings& s, const emit_fn& emit) {
 
 // ---- 4. the library's own cost per message ------------------------------------------------
 
-/// One thread publishes a message and reads it back (try_publish, try_next,
-/// copy out), against the same copies into and out of a plain buffer of the
-/// ring's size: the difference is the protocol's cost per message, free of
-/// the cross-core traffic that makes the two-process cases noisy here.
 /// op_cost's awaiting side: `n` samples of `per_sample` messages, each
 /// published by co_await publish() and read back by co_await next() and a
 /// copy out; the heap allocations of the samples added to `allocations`.
@@ -1212,6 +1208,12 @@ task<void> await_samples(shmbus::byte_publisher& pub, shmbus::byte_subscriber& s
   allocations += heap_allocations_in_this_thread() - a0;
 }
 
+/// One thread publishes a message and reads it back (try_publish, try_next,
+/// copy out), against the same copies into and out of a plain buffer of the
+/// ring's size: the difference is the protocol's cost per message, free of
+/// the cross-core traffic that makes the two-process cases noisy here.
+/// Two more sides take the same message through a loan and through the
+/// awaitables.
 bench::result op_cost_one(std::size_t size, const bench::plan& p, std::size_t per_sample, std::uint64_t ring_bytes) {
   affinity_guard affinity;
   const bool pinned = bench::pin_to_cpu(0);
