@@ -600,8 +600,8 @@ ring_cursor ring::oldest() const noexcept {
 }
 
 claim_status ring::publish_copy_claimed(std::span<const std::byte> bytes, std::uint32_t publisher_index) noexcept {
-  claim c;
-  const claim_status st = try_claim(static_cast<std::uint32_t>(bytes.size()), publisher_index, c);
+  claim c;  // publish_copy checked the length and tried try_lone_claim
+  const claim_status st = try_claim_general(static_cast<std::uint32_t>(bytes.size()), publisher_index, c);
   if (st != claim_status::ok) return st;
   if (!bytes.empty()) std::memcpy(c.payload, bytes.data(), bytes.size());
   commit(c, publisher_index);

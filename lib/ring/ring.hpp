@@ -198,10 +198,9 @@ class ring {
   /// `publisher_index` is the caller's slot. Never blocks; never throws.
   claim_status try_claim(std::uint32_t length, std::uint32_t publisher_index, claim& out) noexcept;
   /// try_claim, a copy of `bytes` into the frame, and commit, in one call:
-  /// the per-message path of try_publish. A lone publisher (step 4's plain
-  /// store) whose frame fits before the end of the ring and within the
-  /// cached room goes straight through with the geometry in registers;
-  /// anything else takes try_claim and commit. Never blocks; never throws.
+  /// the per-message path of try_publish: try_lone_claim where it can,
+  /// else the general claim (publish_copy_claimed, out of line). Never
+  /// blocks; never throws.
   claim_status publish_copy(std::span<const std::byte> bytes, std::uint32_t publisher_index) noexcept;
   /// Publishes a claimed frame (step 5). The data frame's commit word is
   /// stored seq_cst: with take_parked_subscribers() after it, this is one
@@ -313,30 +312,40 @@ class ring {
   /// run-time memory_order as seq_cst, an xchg on x86-64, which would make
   /// every unfenced commit a locked one.
   static void store_commit_word(layout::frame_header& f, std::uint64_t word, bool fenced) noexcept;
-  /// publish_copy's general path: try_claim, copy, commit (out of line, so
-  /// that the straight path's frame stays small).
+  /// publish_copy's general path: try_claim_general, copy, commit (out of
+  /// line, so that the straight path's frame stays small).
   claim_status publish_copy_claimed(std::span<const std::byte> bytes, std::uint32_t publisher_index) noexcept;
   /// After a commit: counts a data frame in the publisher's slot.
   static void count_published(layout::publisher_slot& me) noexcept;
   void store_commit(std::uint64_t position, bool fenced = false) noexcept;
+  /// Both claims, once the claim's position is known: a frame that fits
+  /// one cache line is where a caught-up subscriber polls the commit word,
+  /// so that line is asked for now and travels while the claim runs
+  /// (core/prefetch.hpp). Larger frames are written longer after this
+  /// point than the subscriber takes to pull the line back, so they gain
+  /// nothing. The frame is at `offset` in the ring at `ring_base`.
+  static void prefetch_one_line_frame(std::byte* ring_base, std::uint64_t offset, std::uint64_t frame_bytes) noexcept {
+    if ((offset & (layout::cache_line - 1)) + frame_bytes <= layout::cache_line) prefetch_for_write(ring_base + offset);
+  }
   /// After a commit, off the path a waiting subscriber is on: true if the
   /// claim [start, end) starts on a resync segment boundary or passes one,
   /// and so must record hints (note_resync_hints). Its first and last bytes
   /// lie in different segments, counting the byte before its start: one
   /// shift and compare.
-  /// try_claim and publish_copy, once the claim's position is known: a
-  /// frame that fits one cache line is where a caught-up subscriber polls
-  /// the commit word, so that line is asked for now and travels while the
-  /// claim runs (core/prefetch.hpp). Larger frames are written longer after
-  /// this point than the subscriber takes to pull the line back, so they
-  /// gain nothing. The frame is at `offset` in the ring at `ring_base`.
-  static void prefetch_one_line_frame(std::byte* ring_base, std::uint64_t offset, std::uint64_t frame_bytes) noexcept {
-    if ((offset & (layout::cache_line - 1)) + frame_bytes <= layout::cache_line) prefetch_for_write(ring_base + offset);
-  }
   bool passes_segment_boundary(std::uint64_t start, std::uint64_t end) const noexcept {
     return ((start - 1) >> m_segment_shift) != ((end - 1) >> m_segment_shift);
   }
   void commit_as(const claim& c, std::uint32_t publisher_index, std::uint16_t type) noexcept;
+  /// Steps 1-4 for a lone publisher (step 4's plain store) whose frame fits
+  /// before the end of the ring and within the cached room, with what they
+  /// read from this object held in locals (the atomics would otherwise make
+  /// the compiler load each member again after them). False: try_claim's
+  /// general path must take the claim (its claim overwrites the intent
+  /// this may have left). `length` is at most max_message.
+  bool try_lone_claim(std::uint32_t length, std::uint32_t publisher_index, claim& out) noexcept;
+  /// try_claim for any publisher and any frame: padding at the end of the
+  /// ring, a rescan of the subscribers for room, the CAS among publishers.
+  claim_status try_claim_general(std::uint32_t length, std::uint32_t publisher_index, claim& out) noexcept;
   bool unchanged_since(std::uint64_t position, std::uint64_t commit) const noexcept;
   std::uint64_t load_commit(std::uint64_t position) const noexcept;
   /// Publisher: stores the claim word {position, sequence} -> {position +
@@ -562,8 +571,54 @@ inline bool ring::advance_tail(std::uint32_t publisher_index, std::uint64_t& pos
   return cas128(&m_header->tail_position, position, sequence, position + need, sequence + 1);
 }
 
+inline bool ring::try_lone_claim(std::uint32_t length, std::uint32_t publisher_index, claim& out) noexcept {
+  layout::channel_header& h = *m_header;
+  layout::publisher_slot& me = m_publishers[publisher_index];
+  std::byte* const base = m_ring;
+  const std::uint64_t position = ring_detail::shared(h.tail_position).load(std::memory_order_acquire);
+  const std::uint64_t sequence = ring_detail::shared(h.tail_sequence).load(std::memory_order_acquire);
+  const std::uint64_t offset = position & m_mask;
+  const std::uint64_t frame_bytes = layout::frame_size(length);
+  const std::uint64_t end = position + frame_bytes;
+  // The block policy's room, from the cache only; refresh_room's rescan
+  // is try_claim's business.
+  const bool room = m_policy != layout::policy_block ||
+                    (ring_detail::shared(h.active_subscribers).load(std::memory_order_acquire) == m_active_cache &&
+                     end <= m_limit_cache);
+  if (frame_bytes > m_capacity - offset || !room) return false;
+  prefetch_one_line_frame(base, offset, frame_bytes);
+  ring_detail::shared(me.intent_length).store(frame_bytes, std::memory_order_relaxed);
+  ring_detail::shared(me.intent_sequence).store(sequence, std::memory_order_relaxed);
+  ring_detail::shared(me.intent_position).store(position, std::memory_order_relaxed);
+  // advance_tail's lone branch: the intent, then this check, in program
+  // order; then the tail must still be the one the intent names.
+  light_barrier();
+  const std::uint64_t others = ring_detail::shared(h.active_publishers).load(std::memory_order_acquire) &
+                               ~(std::uint64_t{1} << publisher_index);
+  if (others != 0 || ring_detail::shared(h.tail_position).load(std::memory_order_acquire) != position ||
+      ring_detail::shared(h.tail_sequence).load(std::memory_order_acquire) != sequence) [[unlikely]]
+    return false;  // another publisher joined, or one came and went
+  store128(&h.tail_position, end, sequence + 1);
+  // Two stores of their own: as one 16-byte store (what the compiler makes
+  // of two equal values), commit's 8-byte loads of them would be slow.
+  std::uint64_t frame_position = position;
+  in_register(frame_position);
+  out.claim_position = position;
+  out.frame_position = frame_position;
+  out.sequence = sequence;
+  out.length = length;
+  out.payload = base + offset + layout::frame_header_size;
+  return true;
+}
+
 inline claim_status ring::try_claim(std::uint32_t length, std::uint32_t publisher_index, claim& out) noexcept {
   if (length > m_max_message) return claim_status::too_large;
+  if (m_lone_claims && try_lone_claim(length, publisher_index, out)) [[likely]]
+    return claim_status::ok;
+  return try_claim_general(length, publisher_index, out);
+}
+
+inline claim_status ring::try_claim_general(std::uint32_t length, std::uint32_t publisher_index, claim& out) noexcept {
   layout::publisher_slot& me = m_publishers[publisher_index];
   std::uint64_t position = ring_detail::shared(m_header->tail_position).load(std::memory_order_acquire);
   std::uint64_t sequence = ring_detail::shared(m_header->tail_sequence).load(std::memory_order_acquire);
@@ -618,55 +673,14 @@ inline void ring::commit_as(const claim& c, std::uint32_t publisher_index, std::
 inline claim_status ring::publish_copy(std::span<const std::byte> bytes, std::uint32_t publisher_index) noexcept {
   if (bytes.size() > m_max_message) return claim_status::too_large;
   const auto length = static_cast<std::uint32_t>(bytes.size());
-  if (m_lone_claims) [[likely]] {
-    // Steps 1-5 as try_claim and commit_as take them for a lone claim
-    // without padding, with what they read from this object held in locals:
-    // the atomics and the copy would otherwise make the compiler load each
-    // member again after them.
-    layout::channel_header& h = *m_header;
-    layout::publisher_slot& me = m_publishers[publisher_index];
-    std::byte* const base = m_ring;
-    const std::uint64_t position = ring_detail::shared(h.tail_position).load(std::memory_order_acquire);
-    const std::uint64_t sequence = ring_detail::shared(h.tail_sequence).load(std::memory_order_acquire);
-    const std::uint64_t offset = position & m_mask;
-    const std::uint64_t frame_bytes = layout::frame_size(length);
-    const std::uint64_t end = position + frame_bytes;
-    // The block policy's room, from the cache only; refresh_room's rescan
-    // is try_claim's business.
-    const bool room = m_policy != layout::policy_block ||
-                      (ring_detail::shared(h.active_subscribers).load(std::memory_order_acquire) == m_active_cache &&
-                       end <= m_limit_cache);
-    if (frame_bytes <= m_capacity - offset && room) {
-      prefetch_one_line_frame(base, offset, frame_bytes);
-      const std::uint64_t salt = m_salt;
-      const bool fenced = !m_unfenced;
-      ring_detail::shared(me.intent_length).store(frame_bytes, std::memory_order_relaxed);
-      ring_detail::shared(me.intent_sequence).store(sequence, std::memory_order_relaxed);
-      ring_detail::shared(me.intent_position).store(position, std::memory_order_relaxed);
-      // advance_tail's lone branch: the intent, then this check, in program
-      // order; then the tail must still be the one the intent names.
-      light_barrier();
-      const std::uint64_t others = ring_detail::shared(h.active_publishers).load(std::memory_order_acquire) &
-                                   ~(std::uint64_t{1} << publisher_index);
-      if (others == 0 && ring_detail::shared(h.tail_position).load(std::memory_order_acquire) == position &&
-          ring_detail::shared(h.tail_sequence).load(std::memory_order_acquire) == sequence) [[likely]] {
-        store128(&h.tail_position, end, sequence + 1);
-        // The payload first, then the header and the commit word together:
-        // a caught-up subscriber polls the header's line, and takes it from
-        // us once if we write that line once, just before the commit.
-        if (length != 0) std::memcpy(base + offset + layout::frame_header_size, bytes.data(), length);
-        layout::frame_header& f = *reinterpret_cast<layout::frame_header*>(base + offset);
-        write_frame_header(f, length, layout::frame_data, sequence, publisher_index);
-        store_commit_word(f, position ^ salt, fenced);
-        ring_detail::shared(me.intent_position).store(~std::uint64_t{0}, std::memory_order_release);
-        count_published(me);
-        if (passes_segment_boundary(position, end)) [[unlikely]]
-          note_resync_hints(position, position, end);
-        return claim_status::ok;
-      }
-      // Another publisher joined, or one came and went: try_claim, whose
-      // claim overwrites this intent.
-    }
+  claim c;
+  if (m_lone_claims && try_lone_claim(length, publisher_index, c)) [[likely]] {
+    // The payload first, then (commit) the header and the commit word
+    // together: a caught-up subscriber polls the header's line, and takes
+    // it from us once if we write that line once, just before the commit.
+    if (length != 0) std::memcpy(c.payload, bytes.data(), length);
+    commit(c, publisher_index);
+    return claim_status::ok;
   }
   return publish_copy_claimed(bytes, publisher_index);
 }
