@@ -72,12 +72,6 @@ bool alive(std::int32_t pid, std::uint64_t start_time) noexcept {
   return is_alive(process_identity(pid, start_time));
 }
 
-inline void cpu_relax() noexcept {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#endif
-}
-
 scheduler& current_scheduler(const char* operation, const std::string& object) {
   scheduler* s = scheduler::current();
   if (s == nullptr)
@@ -283,10 +277,7 @@ struct subscriber_core {
     for (;;) {
       // One load per turn; a full read when the frame is committed, and
       // every 64 turns (a lapped reader's position never reads committed).
-      for (int i = 0; i < 64; ++i) {
-        if (frames.committed_at(cursor.position)) break;
-        cpu_relax();
-      }
+      frames.spin_on_commit(cursor.position, 64);
       out = read();
       if (out.status != receive_status::empty) return true;
       if (std::chrono::steady_clock::now() >= until) return false;

@@ -48,6 +48,7 @@
 #pragma once
 
 #include "core/cas128.hpp"
+#include "core/cpu_relax.hpp"
 #include "core/prefetch.hpp"
 #include "core/process_barrier.hpp"
 #include "core/sanitizers.hpp"
@@ -273,6 +274,9 @@ class ring {
   /// for spinning. A reader that may be lapped must also call try_read now
   /// and then (a lapped position never reads as committed).
   bool committed_at(std::uint64_t position) const noexcept { return load_commit(position) == (position ^ m_salt); }
+  /// Spins on the commit word at `position` until committed_at() would be
+  /// true or `turns` pauses have passed; the caller then reads.
+  void spin_on_commit(std::uint64_t position, unsigned turns) const noexcept;
 
   /// The current claim word (acquire).
   std::uint64_t tail_position() const noexcept;
@@ -447,6 +451,41 @@ inline std::uint64_t take_bits(std::uint64_t& w) noexcept {
 }
 
 }  // namespace ring_detail
+
+inline void ring::spin_on_commit(std::uint64_t position, unsigned turns) const noexcept {
+  const std::uint64_t expected = position ^ m_salt;
+  if (turns == 0) return;
+#if defined(__x86_64__) && !defined(SHMBUS_TSAN)
+  // Five instructions at a fixed place: 32 bytes into a 64-byte block,
+  // jumped to over the padding. Compiled, the same loop took 230-245 ns or
+  // 300-320 ns one-way in the spin ping-pong on the far placement of the
+  // Zen 5 host depending on where the linker put it (eight builds: a
+  // 16-byte shift of the library's code moved it from one to the other);
+  // this one took 230-245 ns at each of four offsets in the block
+  // (docs/BENCHMARKS.md, "The eleventh round"). The load is a plain load,
+  // which on x86-64 is an acquire load; the caller's read() loads the word
+  // again as one.
+  __asm__ __volatile__(
+      "jmp 2f\n\t"
+      ".p2align 6\n\t"
+      ".skip 32, 0xcc\n"
+      "2:\tcmpq %[expected], (%[word])\n\t"
+      "je 3f\n\t"
+      "pause\n\t"
+      "subl $1, %[turns]\n\t"
+      "jnz 2b\n"
+      "3:"
+      : [turns] "+r"(turns)
+      : [word] "r"(&frame_at(position).commit), [expected] "r"(expected)
+      : "cc", "memory");
+#else
+  const auto commit = ring_detail::shared(frame_at(position).commit);
+  for (unsigned i = 0; i < turns; ++i) {
+    if (commit.load(std::memory_order_acquire) == expected) return;
+    cpu_relax();
+  }
+#endif
+}
 
 inline bool ring::has_unfenced_publishers() const noexcept {
   return ring_detail::shared(m_header->unfenced_publishers).load(std::memory_order_relaxed) != 0;
