@@ -580,6 +580,45 @@ TEST_CASE("a publisher alone claims without the CAS; one that joins while a loan
   ch.view.publish_position(sub, cursor);
 }
 
+TEST_CASE("spinning on a commit word ends when the frame is committed, or after its turns", "[ring][threads]") {
+  test_channel ch(small_ring());
+  ring sub_view = ch.view;
+  ring_cursor cursor;
+  const int sub = sub_view.register_subscriber(::getpid(), 1, false, cursor);
+  REQUIRE(sub >= 0);
+  const auto pub = static_cast<std::uint32_t>(ch.view.register_publisher(::getpid(), 1));
+  // Nothing there: it gives up after its turns (or at once for none).
+  sub_view.spin_on_commit(cursor.position, 0);
+  sub_view.spin_on_commit(cursor.position, 64);
+  CHECK_FALSE(sub_view.committed_at(cursor.position));
+  // Several laps of frames, each committed by another thread while (or
+  // before) this one spins with no practical bound on its turns: a loop
+  // that missed the commit word would spin for hours and time the test out.
+  std::thread publisher([&] {
+    for (int i = 0; i < 200; ++i) {
+      const std::string text = message(i, static_cast<std::size_t>(i % 97));
+      while (publish(ch.view, pub, text, i % 2 == 0 ? publish_path::copy : publish_path::claim_and_commit) ==
+             claim_status::would_block) {
+      }
+    }
+  });
+  for (int i = 0; i < 200; ++i) {
+    std::string got;
+    for (;;) {
+      sub_view.spin_on_commit(cursor.position, ~0u);
+      REQUIRE(sub_view.committed_at(cursor.position));
+      // A padding frame at the wrap is committed just before the frame
+      // after it: the read may find that one not committed yet.
+      const read_status st = receive(sub_view, cursor, got);
+      if (st == read_status::ok) break;
+      REQUIRE(st == read_status::empty);
+    }
+    REQUIRE(got == message(i, static_cast<std::size_t>(i % 97)));
+    sub_view.publish_position(static_cast<std::uint32_t>(sub), cursor);
+  }
+  publisher.join();
+}
+
 TEST_CASE("a publisher stops fencing its commits after 64 with nobody parked, and fences again for a parked subscriber",
           "[ring]") {
   test_channel ch(small_ring());
