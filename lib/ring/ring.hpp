@@ -199,11 +199,9 @@ class ring {
   /// `publisher_index` is the caller's slot. Never blocks; never throws.
   claim_status try_claim(std::uint32_t length, std::uint32_t publisher_index, claim& out) noexcept;
   /// try_claim, a copy of `bytes` into the frame, and commit, in one call:
-  /// the per-message path of try_publish. A lone publisher (step 4's plain
-  /// store) whose frame fits before the end of the ring and within the
-  /// cached room goes straight through with the geometry in registers;
-  /// anything else takes the general claim and commit. Never blocks; never
-  /// throws.
+  /// the per-message path of try_publish: try_lone_claim and a commit with
+  /// the geometry in registers where it can, else the general claim and
+  /// commit. Never blocks; never throws.
   claim_status publish_copy(std::span<const std::byte> bytes, std::uint32_t publisher_index) noexcept;
   /// Publishes a claimed frame (step 5). The data frame's commit word is
   /// stored seq_cst: with take_parked_subscribers() after it, this is one
@@ -459,11 +457,11 @@ inline void ring::spin_on_commit(std::uint64_t position, unsigned turns) const n
   if (turns == 0) return;
 #if defined(__x86_64__) && !defined(SHMBUS_TSAN)
   // Five instructions at a fixed place: 32 bytes into a 64-byte block,
-  // jumped to over the padding. Compiled, the same loop took 230-245 ns or
-  // 300-320 ns one-way in the spin ping-pong on the far placement of the
+  // jumped to over the padding. Compiled, the same loop took about 235 or
+  // about 310 ns one-way in the spin ping-pong on the far placement of the
   // Zen 5 host depending on where the linker put it (eight builds: a
-  // 16-byte shift of the library's code moved it from one to the other);
-  // this one took 230-245 ns at each of four offsets in the block
+  // shift of the library's code moved it from one to the other); this one
+  // took 230-250 ns at each of four offsets in the block
   // (docs/BENCHMARKS.md, "The eleventh round"). The load is a plain load,
   // which on x86-64 is an acquire load; the caller's read() loads the word
   // again as one.
@@ -714,56 +712,28 @@ inline void ring::commit_as(const claim& c, std::uint32_t publisher_index, std::
 inline claim_status ring::publish_copy(std::span<const std::byte> bytes, std::uint32_t publisher_index) noexcept {
   if (bytes.size() > m_max_message) return claim_status::too_large;
   const auto length = static_cast<std::uint32_t>(bytes.size());
-  if (m_lone_claims) [[likely]] {
-    // Steps 1-5 as try_lone_claim and commit_as take them, with what they
-    // read from this object held in locals: the atomics and the copy would
-    // otherwise make the compiler load each member again after them. (Made
-    // of those two calls instead, the 64-byte stream between processes ran
-    // 11 % slower: 19.7 against 22.2 M msgs/s, 8 interleaved runs.)
-    layout::channel_header& h = *m_header;
+  claim c;
+  if (m_lone_claims && try_lone_claim(length, publisher_index, c)) [[likely]] {
+    // Step 5 as commit_as takes it for a claim without padding, with what it
+    // reads from this object loaded before the copy, which would otherwise
+    // make the compiler load each member again after it.
     layout::publisher_slot& me = m_publishers[publisher_index];
-    std::byte* const base = m_ring;
-    const std::uint64_t position = ring_detail::shared(h.tail_position).load(std::memory_order_acquire);
-    const std::uint64_t sequence = ring_detail::shared(h.tail_sequence).load(std::memory_order_acquire);
-    const std::uint64_t offset = position & m_mask;
-    const std::uint64_t frame_bytes = layout::frame_size(length);
-    const std::uint64_t end = position + frame_bytes;
-    // The block policy's room, from the cache only; refresh_room's rescan
-    // is try_claim's business.
-    const bool room = m_policy != layout::policy_block ||
-                      (ring_detail::shared(h.active_subscribers).load(std::memory_order_acquire) == m_active_cache &&
-                       end <= m_limit_cache);
-    if (frame_bytes <= m_capacity - offset && room) {
-      prefetch_one_line_frame(base, offset, frame_bytes);
-      const std::uint64_t salt = m_salt;
-      const bool fenced = !m_unfenced;
-      ring_detail::shared(me.intent_length).store(frame_bytes, std::memory_order_relaxed);
-      ring_detail::shared(me.intent_sequence).store(sequence, std::memory_order_relaxed);
-      ring_detail::shared(me.intent_position).store(position, std::memory_order_relaxed);
-      // advance_tail's lone branch: the intent, then this check, in program
-      // order; then the tail must still be the one the intent names.
-      light_barrier();
-      const std::uint64_t others = ring_detail::shared(h.active_publishers).load(std::memory_order_acquire) &
-                                   ~(std::uint64_t{1} << publisher_index);
-      if (others == 0 && ring_detail::shared(h.tail_position).load(std::memory_order_acquire) == position &&
-          ring_detail::shared(h.tail_sequence).load(std::memory_order_acquire) == sequence) [[likely]] {
-        store128(&h.tail_position, end, sequence + 1);
-        // The payload first, then the header and the commit word together:
-        // a caught-up subscriber polls the header's line, and takes it from
-        // us once if we write that line once, just before the commit.
-        if (length != 0) std::memcpy(base + offset + layout::frame_header_size, bytes.data(), length);
-        layout::frame_header& f = *reinterpret_cast<layout::frame_header*>(base + offset);
-        write_frame_header(f, length, layout::frame_data, sequence, publisher_index);
-        store_commit_word(f, position ^ salt, fenced);
-        ring_detail::shared(me.intent_position).store(~std::uint64_t{0}, std::memory_order_release);
-        count_published(me);
-        if (passes_segment_boundary(position, end)) [[unlikely]]
-          note_resync_hints(position, position, end);
-        return claim_status::ok;
-      }
-      // Another publisher joined, or one came and went: the general claim,
-      // which overwrites this intent.
-    }
+    const std::uint64_t word = c.frame_position ^ m_salt;
+    const bool fenced = !m_unfenced;
+    const std::uint64_t end = c.frame_position + layout::frame_size(length);
+    const bool hints = passes_segment_boundary(c.frame_position, end);
+    auto& f = *reinterpret_cast<layout::frame_header*>(c.payload - layout::frame_header_size);
+    // The payload first, then the header and the commit word together: a
+    // caught-up subscriber polls the header's line, and takes it from us
+    // once if we write that line once, just before the commit.
+    if (length != 0) std::memcpy(c.payload, bytes.data(), length);
+    write_frame_header(f, length, layout::frame_data, c.sequence, publisher_index);
+    store_commit_word(f, word, fenced);
+    ring_detail::shared(me.intent_position).store(~std::uint64_t{0}, std::memory_order_release);
+    count_published(me);
+    if (hints) [[unlikely]]
+      note_resync_hints(c.frame_position, c.frame_position, end);
+    return claim_status::ok;
   }
   return publish_copy_claimed(bytes, publisher_index);
 }
