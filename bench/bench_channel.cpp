@@ -111,6 +111,7 @@
 #include <cstring>
 #include <exception>
 #include <functional>
+#include <limits>
 #include <map>
 #include <new>
 #include <span>
@@ -173,6 +174,7 @@ struct alignas(cache_line) worker_report {
   std::uint64_t messages;     ///< of those blocks
   std::uint64_t pinned;       ///< 1 if pinned to its CPU
   std::uint64_t errors;       ///< messages with unexpected contents
+  std::int64_t cpu_wait_ns;   ///< runnable but off the CPU while measuring (-1: unknown)
 };
 
 /// The first bytes of the arena. Zero-filled at creation (memfd).
@@ -531,6 +533,29 @@ void add_alloc_fields(bench::result& r, const alloc_tally& parent, const arena_v
   r.add_extra("allocs", static_cast<std::int64_t>(parent.allocs + w.allocs));
 }
 
+/// A wait from cpu_wait_since() in milliseconds (null where unknown).
+void add_cpu_wait(bench::result& r, std::string key, std::int64_t ns) {
+  add_number(r, std::move(key), ns < 0 ? std::numeric_limits<double>::quiet_NaN() : static_cast<double>(ns) / 1e6, 3);
+}
+
+/// How long the parent (`parent_wait_ns`) and the workers together waited
+/// for a CPU while measuring; a large figure marks a disturbed run.
+void add_cpu_wait_fields(bench::result& r, std::int64_t parent_wait_ns, const arena_view& a, std::size_t workers) {
+  std::int64_t w = 0;
+  for (std::size_t i = 0; i < workers && w >= 0; ++i) {
+    const std::int64_t v = a.control().report[i].cpu_wait_ns;
+    w = v < 0 ? -1 : w + v;
+  }
+  add_cpu_wait(r, "cpu_wait_ms", parent_wait_ns);
+  add_cpu_wait(r, "workers_cpu_wait_ms", w);
+}
+
+/// cpu_wait_ns() since `start` (-1 where unknown).
+std::int64_t cpu_wait_since(std::int64_t start) noexcept {
+  const std::int64_t now = bench::cpu_wait_ns();
+  return start < 0 || now < 0 ? -1 : now - start;
+}
+
 bool workers_pinned(const arena_view& a, std::size_t workers) {
   for (std::size_t i = 0; i < workers; ++i)
     if (a.control().report[i].pinned == 0) return false;
@@ -710,7 +735,9 @@ bench::result pingpong_one(pp_mode mode, std::size_t size, const bench::plan& p)
                    ping_eventfd(efd_ping.get(), efd_pong.get(), n, out);
                  }};
   }
+  const std::int64_t wait0 = bench::cpu_wait_ns();
   const bench::comparison c = bench::run_interleaved(channel_side, base_side, p, more);
+  const std::int64_t parent_wait = cpu_wait_since(wait0);
   workers.finish();
 
   bench::result r;
@@ -728,6 +755,7 @@ bench::result pingpong_one(pp_mode mode, std::size_t size, const bench::plan& p)
     add_number(r, "ratio_vs_raw_copy", r.measured.p50 / d.p50, 3);
   }
   add_alloc_fields(r, tally, arena, 1);
+  add_cpu_wait_fields(r, parent_wait, arena, 1);
   r.add_extra("pinned", pinned_parent && workers_pinned(arena, 1));
   r.add_extra("pairs", static_cast<std::int64_t>(p.pairs));
   r.add_extra("block", static_cast<std::int64_t>(p.block));
@@ -937,7 +965,9 @@ bench::result stream_case(const stream_spec& spec, const bench::plan& p, std::ui
                       channel_block(read_kind::copy, false, out);
                     }});
   }
+  const std::int64_t wait0 = bench::cpu_wait_ns();
   const bench::comparison c = bench::run_interleaved(channel_side, ring_side, p, more);
+  const std::int64_t parent_wait = cpu_wait_since(wait0);
   workers.finish();
   std::uint64_t errors = 0;
   for (std::size_t w = 0; w < spec.subscribers; ++w) errors += arena.control().report[w].errors;
@@ -985,6 +1015,7 @@ bench::result stream_case(const stream_spec& spec, const bench::plan& p, std::ui
   }
   r.add_extra("ring_bytes", static_cast<std::int64_t>(ring_bytes));
   add_alloc_fields(r, tally, arena, spec.subscribers);
+  add_cpu_wait_fields(r, parent_wait, arena, spec.subscribers);
   r.add_extra("pinned", pinned_parent && workers_pinned(arena, spec.subscribers));
   r.add_extra("pairs", static_cast<std::int64_t>(p.pairs));
   r.add_extra("samples_per_block", static_cast<std::int64_t>(p.block));
@@ -1030,6 +1061,7 @@ void pingpong_worker_run(const worker_args& a, const arena_view& arena) {
   shmbus::byte_subscriber sub(ping, pp_subscriber_options(mode));
   shmbus::byte_publisher pub(pong);
   shared(arena.control().ready.value).fetch_add(1, std::memory_order_acq_rel);
+  const std::int64_t wait0 = bench::cpu_wait_ns();
 
   std::uint64_t raw_counter = 0;  // shared by the two raw sides, as in the parent
   alloc_tally tally;
@@ -1042,6 +1074,7 @@ void pingpong_worker_run(const worker_args& a, const arena_view& arena) {
       echo_eventfd(efd_ping.get(), efd_pong.get(), n);
     }
   }
+  report.cpu_wait_ns = cpu_wait_since(wait0);
   report.allocations = tally.allocs;
   report.messages = tally.messages;
   wait_for_exit(arena);
@@ -1065,6 +1098,7 @@ void sink_worker_run(const worker_args& a, const arena_view& arena) {
   ring_reader reader(arena, index);
   std::vector<std::byte> local(size);
   shared(arena.control().ready.value).fetch_add(1, std::memory_order_acq_rel);
+  const std::int64_t wait0 = bench::cpu_wait_ns();
 
   std::uint64_t channel_expected = 0, ring_expected = 0, errors = 0;
   alloc_tally tally;
@@ -1084,6 +1118,7 @@ void sink_worker_run(const worker_args& a, const arena_view& arena) {
       shared(done).fetch_add(1, std::memory_order_acq_rel);
     }
   }
+  report.cpu_wait_ns = cpu_wait_since(wait0);
   report.allocations = tally.allocs;
   report.messages = tally.messages;
   report.errors = errors;
@@ -1295,7 +1330,9 @@ bench::result op_cost_one(std::size_t size, const bench::plan& p, std::size_t pe
       out.push_back(static_cast<double>(t1 - t0) / static_cast<double>(per_sample));
     }
   }};
+  const std::int64_t wait0 = bench::cpu_wait_ns();
   const bench::comparison c = bench::run_interleaved(channel_side, plain_side, p, {loan_side, await_side});
+  const std::int64_t parent_wait = cpu_wait_since(wait0);
   if (errors != 0) throw std::runtime_error(fmt::format("{} messages read back wrong", errors));
 
   bench::result r;
@@ -1314,6 +1351,7 @@ bench::result op_cost_one(std::size_t size, const bench::plan& p, std::size_t pe
   r.add_extra("size", static_cast<std::int64_t>(size));
   r.add_extra("ring_bytes", static_cast<std::int64_t>(ring_bytes));
   add_number(r, "allocs_per_msg", tally.per_message(), 6);
+  add_cpu_wait(r, "cpu_wait_ms", parent_wait);
   r.add_extra("pinned", pinned);
   r.add_extra("pairs", static_cast<std::int64_t>(p.pairs));
   return r;

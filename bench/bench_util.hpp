@@ -499,6 +499,25 @@ inline void eventfd_add_one(int fd) {
   if (r != static_cast<ssize_t>(sizeof one)) throw std::runtime_error(fmt::format("write: {}", std::strerror(errno)));
 }
 
+// ---- disturbance -------------------------------------------------------------
+
+/// Nanoseconds the calling thread has spent runnable but waiting for a CPU
+/// (the second field of /proc/thread-self/schedstat); -1 where the kernel
+/// does not say. On these 2-vCPU machines any other busy task takes a
+/// pinned, spinning process's CPU in time slices of up to 4 ms, each landing
+/// in one sample: a few of them move a mean rate by more than the protocol
+/// differences measured (a program started beside the bench, such as the
+/// next stage of a shell pipeline, halved the 4 KiB rates). bench_channel
+/// reports this wait with each result, so that a disturbed run shows.
+inline std::int64_t cpu_wait_ns() noexcept {
+  std::FILE* f = std::fopen("/proc/thread-self/schedstat", "r");
+  if (f == nullptr) return -1;
+  unsigned long long on_cpu = 0, waiting = 0;
+  const int n = std::fscanf(f, "%llu %llu", &on_cpu, &waiting);
+  std::fclose(f);
+  return n == 2 ? static_cast<std::int64_t>(waiting) : -1;
+}
+
 /// Pins the calling process to one CPU; false where that is refused.
 inline bool pin_to_cpu(int cpu) {
   cpu_set_t set;
