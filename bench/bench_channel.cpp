@@ -533,7 +533,7 @@ void add_alloc_fields(bench::result& r, const alloc_tally& parent, const arena_v
   r.add_extra("allocs", static_cast<std::int64_t>(parent.allocs + w.allocs));
 }
 
-/// A wait from cpu_wait_since() in milliseconds (null where unknown).
+/// A wait from bench::cpu_wait_since() in milliseconds (null where unknown).
 void add_cpu_wait(bench::result& r, std::string key, std::int64_t ns) {
   add_number(r, std::move(key), ns < 0 ? std::numeric_limits<double>::quiet_NaN() : static_cast<double>(ns) / 1e6, 3);
 }
@@ -548,12 +548,6 @@ void add_cpu_wait_fields(bench::result& r, std::int64_t parent_wait_ns, const ar
   }
   add_cpu_wait(r, "cpu_wait_ms", parent_wait_ns);
   add_cpu_wait(r, "workers_cpu_wait_ms", w);
-}
-
-/// cpu_wait_ns() since `start` (-1 where unknown).
-std::int64_t cpu_wait_since(std::int64_t start) noexcept {
-  const std::int64_t now = bench::cpu_wait_ns();
-  return start < 0 || now < 0 ? -1 : now - start;
 }
 
 bool workers_pinned(const arena_view& a, std::size_t workers) {
@@ -737,7 +731,7 @@ bench::result pingpong_one(pp_mode mode, std::size_t size, const bench::plan& p)
   }
   const std::int64_t wait0 = bench::cpu_wait_ns();
   const bench::comparison c = bench::run_interleaved(channel_side, base_side, p, more);
-  const std::int64_t parent_wait = cpu_wait_since(wait0);
+  const std::int64_t parent_wait = bench::cpu_wait_since(wait0);
   workers.finish();
 
   bench::result r;
@@ -973,7 +967,7 @@ bench::result stream_case(const stream_spec& spec, const bench::plan& p, std::ui
   }
   const std::int64_t wait0 = bench::cpu_wait_ns();
   const bench::comparison c = bench::run_interleaved(channel_side, ring_side, p, more);
-  const std::int64_t parent_wait = cpu_wait_since(wait0);
+  const std::int64_t parent_wait = bench::cpu_wait_since(wait0);
   workers.finish();
   std::uint64_t errors = 0;
   for (std::size_t w = 0; w < spec.subscribers; ++w) errors += arena.control().report[w].errors;
@@ -1080,7 +1074,7 @@ void pingpong_worker_run(const worker_args& a, const arena_view& arena) {
       echo_eventfd(efd_ping.get(), efd_pong.get(), n);
     }
   }
-  report.cpu_wait_ns = cpu_wait_since(wait0);
+  report.cpu_wait_ns = bench::cpu_wait_since(wait0);
   report.allocations = tally.allocs;
   report.messages = tally.messages;
   wait_for_exit(arena);
@@ -1124,7 +1118,7 @@ void sink_worker_run(const worker_args& a, const arena_view& arena) {
       shared(done).fetch_add(1, std::memory_order_acq_rel);
     }
   }
-  report.cpu_wait_ns = cpu_wait_since(wait0);
+  report.cpu_wait_ns = bench::cpu_wait_since(wait0);
   report.allocations = tally.allocs;
   report.messages = tally.messages;
   report.errors = errors;
@@ -1338,7 +1332,7 @@ bench::result op_cost_one(std::size_t size, const bench::plan& p, std::size_t pe
   }};
   const std::int64_t wait0 = bench::cpu_wait_ns();
   const bench::comparison c = bench::run_interleaved(channel_side, plain_side, p, {loan_side, await_side});
-  const std::int64_t parent_wait = cpu_wait_since(wait0);
+  const std::int64_t parent_wait = bench::cpu_wait_since(wait0);
   if (errors != 0) throw std::runtime_error(fmt::format("{} messages read back wrong", errors));
 
   bench::result r;

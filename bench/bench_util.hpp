@@ -518,6 +518,12 @@ inline std::int64_t cpu_wait_ns() noexcept {
   return n == 2 ? static_cast<std::int64_t>(waiting) : -1;
 }
 
+/// cpu_wait_ns() since `start`, a value it returned (-1 where unknown).
+inline std::int64_t cpu_wait_since(std::int64_t start) noexcept {
+  const std::int64_t now = cpu_wait_ns();
+  return start < 0 || now < 0 ? -1 : now - start;
+}
+
 /// Pins the calling process to one CPU; false where that is refused.
 inline bool pin_to_cpu(int cpu) {
   cpu_set_t set;
