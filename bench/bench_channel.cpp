@@ -550,6 +550,13 @@ void add_cpu_wait_fields(bench::result& r, std::int64_t parent_wait_ns, const ar
   add_cpu_wait(r, "workers_cpu_wait_ms", w);
 }
 
+/// bench::cpu_slowdown(0, 1) before and after a case: how many times slower
+/// the parent's CPU ran a fixed loop than the workers' (1: equally fast).
+void add_slowdown_fields(bench::result& r, double before, double after) {
+  add_number(r, "cpu0_slowdown_before", before, 3);
+  add_number(r, "cpu0_slowdown_after", after, 3);
+}
+
 bool workers_pinned(const arena_view& a, std::size_t workers) {
   for (std::size_t i = 0; i < workers; ++i)
     if (a.control().report[i].pinned == 0) return false;
@@ -691,6 +698,7 @@ bench::result pingpong_one(pp_mode mode, std::size_t size, const bench::plan& p)
   prefault(pong.backing());
 
   const bool pinned_parent = bench::pin_to_cpu(0);
+  const double slowdown_before = bench::cpu_slowdown(0, 1);
   scheduler s;
   shmbus::byte_subscriber sub(pong, pp_subscriber_options(mode));  // before the worker can answer
   shmbus::byte_publisher pub(ping);
@@ -733,6 +741,7 @@ bench::result pingpong_one(pp_mode mode, std::size_t size, const bench::plan& p)
   const bench::comparison c = bench::run_interleaved(channel_side, base_side, p, more);
   const std::int64_t parent_wait = bench::cpu_wait_since(wait0);
   workers.finish();
+  const double slowdown_after = bench::cpu_slowdown(0, 1);
 
   bench::result r;
   r.name = mode == pp_mode::spin ? "pingpong_spin" : "pingpong_event";
@@ -750,6 +759,7 @@ bench::result pingpong_one(pp_mode mode, std::size_t size, const bench::plan& p)
   }
   add_alloc_fields(r, tally, arena, 1);
   add_cpu_wait_fields(r, parent_wait, arena, 1);
+  add_slowdown_fields(r, slowdown_before, slowdown_after);
   r.add_extra("pinned", pinned_parent && workers_pinned(arena, 1));
   r.add_extra("pairs", static_cast<std::int64_t>(p.pairs));
   r.add_extra("block", static_cast<std::int64_t>(p.block));
@@ -906,6 +916,7 @@ bench::result stream_case(const stream_spec& spec, const bench::plan& p, std::ui
   prefault(arena_region);
   prefault(ch.backing());
   const bool pinned_parent = spec.pin && bench::pin_to_cpu(0);
+  const double slowdown_before = spec.pin ? bench::cpu_slowdown(0, 1) : std::numeric_limits<double>::quiet_NaN();
   shmbus::byte_publisher pub(ch);
   ring_writer writer(arena, spec.subscribers);
 
@@ -969,6 +980,7 @@ bench::result stream_case(const stream_spec& spec, const bench::plan& p, std::ui
   const bench::comparison c = bench::run_interleaved(channel_side, ring_side, p, more);
   const std::int64_t parent_wait = bench::cpu_wait_since(wait0);
   workers.finish();
+  const double slowdown_after = spec.pin ? bench::cpu_slowdown(0, 1) : std::numeric_limits<double>::quiet_NaN();
   std::uint64_t errors = 0;
   for (std::size_t w = 0; w < spec.subscribers; ++w) errors += arena.control().report[w].errors;
   if (errors != 0) throw std::runtime_error(fmt::format("{} messages arrived with unexpected contents", errors));
@@ -1016,6 +1028,7 @@ bench::result stream_case(const stream_spec& spec, const bench::plan& p, std::ui
   r.add_extra("ring_bytes", static_cast<std::int64_t>(ring_bytes));
   add_alloc_fields(r, tally, arena, spec.subscribers);
   add_cpu_wait_fields(r, parent_wait, arena, spec.subscribers);
+  add_slowdown_fields(r, slowdown_before, slowdown_after);
   r.add_extra("pinned", pinned_parent && workers_pinned(arena, spec.subscribers));
   r.add_extra("pairs", static_cast<std::int64_t>(p.pairs));
   r.add_extra("samples_per_block", static_cast<std::int64_t>(p.block));

@@ -30,6 +30,7 @@
 #include <cstdlib>
 #include <ctime>
 #include <functional>
+#include <limits>
 #include <map>
 #include <stdexcept>
 #include <string>
@@ -530,6 +531,46 @@ inline bool pin_to_cpu(int cpu) {
   CPU_ZERO(&set);
   CPU_SET(cpu, &set);
   return ::sched_setaffinity(0, sizeof set, &set) == 0;
+}
+
+/// Nanoseconds per turn of a fixed single-thread loop on the calling
+/// thread's CPU (integer arithmetic, L1 loads and stores, a 64-byte copy, a
+/// data-dependent branch): the best of five runs of about 0.3 ms.
+inline double cpu_probe_ns() noexcept {
+  constexpr int turns = 200'000;
+  alignas(64) std::uint64_t words[512] = {};
+  double best = 1e300;
+  for (int run = 0; run < 5; ++run) {
+    const std::int64_t t0 = now_ns();
+    std::uint64_t x = 1, acc = 0;
+    for (int i = 0; i < turns; ++i) {
+      x = x * 6364136223846793005ull + 1442695040888963407ull;
+      std::uint64_t& w = words[(x >> 40) & 511];
+      acc += w;
+      w = acc ^ x;
+      if ((acc & 1) != 0) acc += 3;
+      else acc ^= x;
+      std::uint64_t line[8];
+      std::memcpy(line, &words[(static_cast<unsigned>(i) * 8) & 511], sizeof line);
+      do_not_optimize(line);
+    }
+    do_not_optimize(acc);
+    best = std::min(best, static_cast<double>(now_ns() - t0) / turns);
+  }
+  return best;
+}
+
+/// How many times slower CPU `a` runs cpu_probe_ns() than CPU `b` right now
+/// (1: equally fast). The host may slow one vCPU for tens of seconds (its
+/// core shared with other work), and a stream between processes pinned to
+/// the two then runs in another regime (docs/BENCHMARKS.md, the twelfth
+/// round). Leaves the calling thread pinned to `a`; NaN where pinning is
+/// refused.
+inline double cpu_slowdown(int a, int b) {
+  if (!pin_to_cpu(b)) return std::numeric_limits<double>::quiet_NaN();
+  const double on_b = cpu_probe_ns();
+  if (!pin_to_cpu(a)) return std::numeric_limits<double>::quiet_NaN();
+  return cpu_probe_ns() / on_b;
 }
 
 }  // namespace shmbus::bench
