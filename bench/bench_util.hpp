@@ -561,9 +561,9 @@ inline double cpu_probe_ns() noexcept {
 }
 
 /// How many times slower CPU `a` runs cpu_probe_ns() than CPU `b` right now
-/// (1: equally fast). The host may slow one vCPU for tens of seconds (its
-/// core shared with other work), and a stream between processes pinned to
-/// the two then runs in another regime (docs/BENCHMARKS.md, the twelfth
+/// (1: equally fast). The host may slow one vCPU for seconds to minutes,
+/// for reasons the guest cannot see, and a stream between processes pinned
+/// to the two then runs in another regime (docs/BENCHMARKS.md, the twelfth
 /// round). Leaves the calling thread pinned to `a`; NaN where pinning is
 /// refused.
 inline double cpu_slowdown(int a, int b) {
