@@ -533,11 +533,6 @@ void add_alloc_fields(bench::result& r, const alloc_tally& parent, const arena_v
   r.add_extra("allocs", static_cast<std::int64_t>(parent.allocs + w.allocs));
 }
 
-/// A wait from bench::cpu_wait_since() in milliseconds (null where unknown).
-void add_cpu_wait(bench::result& r, std::string key, std::int64_t ns) {
-  add_number(r, std::move(key), ns < 0 ? std::numeric_limits<double>::quiet_NaN() : static_cast<double>(ns) / 1e6, 3);
-}
-
 /// How long the parent (`parent_wait_ns`) and the workers together waited
 /// for a CPU while measuring; a large figure marks a disturbed run.
 void add_cpu_wait_fields(bench::result& r, std::int64_t parent_wait_ns, const arena_view& a, std::size_t workers) {
@@ -546,8 +541,8 @@ void add_cpu_wait_fields(bench::result& r, std::int64_t parent_wait_ns, const ar
     const std::int64_t v = a.control().report[i].cpu_wait_ns;
     w = v < 0 ? -1 : w + v;
   }
-  add_cpu_wait(r, "cpu_wait_ms", parent_wait_ns);
-  add_cpu_wait(r, "workers_cpu_wait_ms", w);
+  bench::add_cpu_wait(r, "cpu_wait_ms", parent_wait_ns);
+  bench::add_cpu_wait(r, "workers_cpu_wait_ms", w);
 }
 
 /// bench::cpu_slowdown(0, 1) before and after a case: how many times slower
@@ -1364,7 +1359,7 @@ bench::result op_cost_one(std::size_t size, const bench::plan& p, std::size_t pe
   r.add_extra("size", static_cast<std::int64_t>(size));
   r.add_extra("ring_bytes", static_cast<std::int64_t>(ring_bytes));
   add_number(r, "allocs_per_msg", tally.per_message(), 6);
-  add_cpu_wait(r, "cpu_wait_ms", parent_wait);
+  bench::add_cpu_wait(r, "cpu_wait_ms", parent_wait);
   r.add_extra("pinned", pinned);
   r.add_extra("pairs", static_cast<std::int64_t>(p.pairs));
   return r;

@@ -917,7 +917,11 @@ int main(int argc, char** argv) {
                    "mean nothing (use --dir on a disk filesystem)\n",
                    root.path().c_str(), s.fsys.name.c_str());
     std::vector<std::string> verdicts;
+    // This thread's wait for a CPU since the case started or last emitted.
+    std::int64_t wait_from = bench::cpu_wait_ns();
     const emit_fn emit = [&](bench::result& r) {
+      bench::add_cpu_wait(r, "cpu_wait_ms", bench::cpu_wait_since(wait_from));
+      wait_from = bench::cpu_wait_ns();
       r.bench = "log";
       r.add_extra("fs", std::string_view(s.fsys.name));
       bench::report(r, opts.json);
@@ -929,6 +933,7 @@ int main(int argc, char** argv) {
     for (const auto& c : cases) {
       if (!opts.only.empty() && opts.only != c.name) continue;
       try {
+        wait_from = bench::cpu_wait_ns();
         c.run(s, emit);
       } catch (const interrupted&) {
         throw;

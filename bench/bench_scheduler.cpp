@@ -364,6 +364,7 @@ bench::result wakeup_case(const bench::plan& p, baseline_kind kind, bool bounded
   struct sigaction old_sa {};
   ::sigaction(SIGCHLD, &sa, &old_sa);
 
+  const double slowdown_before = bench::cpu_slowdown(0, 1);
   std::fflush(stdout);
   std::fflush(stderr);
   const pid_t child = ::fork();
@@ -422,6 +423,7 @@ bench::result wakeup_case(const bench::plan& p, baseline_kind kind, bool bounded
   bench::eventfd_add_one(d.b1.get());  // lets B exit
   if (const int st = child_guard.wait(); st != 0)
     throw std::runtime_error(fmt::format("the echoing process exited with status {}", st));
+  const double slowdown_after = bench::cpu_slowdown(0, 1);
 
   bench::result r;
   r.op = "one-way wake-up (round trip / 2)";
@@ -433,6 +435,10 @@ bench::result wakeup_case(const bench::plan& p, baseline_kind kind, bool bounded
     r.baseline = "bare_uring_eventfd_pingpong";
   }
   bench::fill(r, c);
+  // How many times slower a fixed loop ran on this process's CPU than on
+  // the echoing one's, before and after (bench::cpu_slowdown).
+  bench::add_number(r, "cpu0_slowdown_before", slowdown_before, 3);
+  bench::add_number(r, "cpu0_slowdown_after", slowdown_after, 3);
   r.add_extra("pinned", pinned);
   r.add_extra("pairs", static_cast<std::int64_t>(p.pairs));
   r.add_extra("block", static_cast<std::int64_t>(p.block));
@@ -525,7 +531,10 @@ int main(int argc, char** argv) {
   for (const auto& c : cases) {
     if (!opts.only.empty() && opts.only != c.name) continue;
     try {
+      const std::int64_t wait0 = bench::cpu_wait_ns();
       bench::result r = c.run(opts.quick ? c.quick : c.full);
+      // This process's wait; a wake-up case's echoing process reports none.
+      bench::add_cpu_wait(r, "cpu_wait_ms", bench::cpu_wait_since(wait0));
       r.bench = "scheduler";
       bench::report(r, opts.json);
     } catch (const std::exception& e) {

@@ -508,8 +508,8 @@ inline void eventfd_add_one(int fd) {
 /// pinned, spinning process's CPU in time slices of up to 4 ms, each landing
 /// in one sample: a few of them move a mean rate by more than the protocol
 /// differences measured (a program started beside the bench, such as the
-/// next stage of a shell pipeline, halved the 4 KiB rates). bench_channel
-/// reports this wait with each result, so that a disturbed run shows.
+/// next stage of a shell pipeline, halved the 4 KiB rates). The benches
+/// report this wait with each result, so that a disturbed run shows.
 inline std::int64_t cpu_wait_ns() noexcept {
   std::FILE* f = std::fopen("/proc/thread-self/schedstat", "r");
   if (f == nullptr) return -1;
@@ -523,6 +523,12 @@ inline std::int64_t cpu_wait_ns() noexcept {
 inline std::int64_t cpu_wait_since(std::int64_t start) noexcept {
   const std::int64_t now = cpu_wait_ns();
   return start < 0 || now < 0 ? -1 : now - start;
+}
+
+/// Adds a wait from cpu_wait_since() to `r` in milliseconds (null where
+/// unknown).
+inline void add_cpu_wait(result& r, std::string key, std::int64_t ns) {
+  add_number(r, std::move(key), ns < 0 ? std::numeric_limits<double>::quiet_NaN() : static_cast<double>(ns) / 1e6, 3);
 }
 
 /// Pins the calling process to one CPU; false where that is refused.
