@@ -124,6 +124,8 @@
 
 // Counts heap allocations (parent and workers alike).
 #include "core/counting_operator_new.hpp"
+// The library's pause between polls, for the baselines' spin loops too.
+#include "core/cpu_relax.hpp"
 
 using namespace std::chrono_literals;
 using shmbus::scheduler;
@@ -132,6 +134,7 @@ namespace bench = shmbus::bench;
 
 namespace {
 
+using shmbus::detail::cpu_relax;
 using shmbus::detail::heap_allocations_in_this_thread;
 
 /// Allocations made during measured blocks, and the messages of those blocks.
@@ -148,12 +151,6 @@ struct alloc_tally {
 };
 
 // ---- shared words and the arena ----------------------------------------------------
-
-inline void cpu_relax() noexcept {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#endif
-}
 
 inline std::atomic_ref<std::uint64_t> shared(std::uint64_t& w) noexcept { return std::atomic_ref<std::uint64_t>(w); }
 
@@ -545,13 +542,6 @@ void add_cpu_wait_fields(bench::result& r, std::int64_t parent_wait_ns, const ar
   bench::add_cpu_wait(r, "workers_cpu_wait_ms", w);
 }
 
-/// bench::cpu_slowdown(0, 1) before and after a case: how many times slower
-/// the parent's CPU ran a fixed loop than the workers' (1: equally fast).
-void add_slowdown_fields(bench::result& r, double before, double after) {
-  add_number(r, "cpu0_slowdown_before", before, 3);
-  add_number(r, "cpu0_slowdown_after", after, 3);
-}
-
 bool workers_pinned(const arena_view& a, std::size_t workers) {
   for (std::size_t i = 0; i < workers; ++i)
     if (a.control().report[i].pinned == 0) return false;
@@ -754,7 +744,7 @@ bench::result pingpong_one(pp_mode mode, std::size_t size, const bench::plan& p)
   }
   add_alloc_fields(r, tally, arena, 1);
   add_cpu_wait_fields(r, parent_wait, arena, 1);
-  add_slowdown_fields(r, slowdown_before, slowdown_after);
+  bench::add_slowdown(r, slowdown_before, slowdown_after);
   r.add_extra("pinned", pinned_parent && workers_pinned(arena, 1));
   r.add_extra("pairs", static_cast<std::int64_t>(p.pairs));
   r.add_extra("block", static_cast<std::int64_t>(p.block));
@@ -1023,7 +1013,7 @@ bench::result stream_case(const stream_spec& spec, const bench::plan& p, std::ui
   r.add_extra("ring_bytes", static_cast<std::int64_t>(ring_bytes));
   add_alloc_fields(r, tally, arena, spec.subscribers);
   add_cpu_wait_fields(r, parent_wait, arena, spec.subscribers);
-  add_slowdown_fields(r, slowdown_before, slowdown_after);
+  bench::add_slowdown(r, slowdown_before, slowdown_after);
   r.add_extra("pinned", pinned_parent && workers_pinned(arena, spec.subscribers));
   r.add_extra("pairs", static_cast<std::int64_t>(p.pairs));
   r.add_extra("samples_per_block", static_cast<std::int64_t>(p.block));

@@ -917,8 +917,9 @@ int main(int argc, char** argv) {
                    "mean nothing (use --dir on a disk filesystem)\n",
                    root.path().c_str(), s.fsys.name.c_str());
     std::vector<std::string> verdicts;
-    // This thread's wait for a CPU since the case started or last emitted.
-    std::int64_t wait_from = bench::cpu_wait_ns();
+    // This thread's wait for a CPU since the case started (read as each
+    // case starts) or last emitted.
+    std::int64_t wait_from = -1;
     const emit_fn emit = [&](bench::result& r) {
       bench::add_cpu_wait(r, "cpu_wait_ms", bench::cpu_wait_since(wait_from));
       wait_from = bench::cpu_wait_ns();

@@ -436,9 +436,8 @@ bench::result wakeup_case(const bench::plan& p, baseline_kind kind, bool bounded
   }
   bench::fill(r, c);
   // How many times slower a fixed loop ran on this process's CPU than on
-  // the echoing one's, before and after (bench::cpu_slowdown).
-  bench::add_number(r, "cpu0_slowdown_before", slowdown_before, 3);
-  bench::add_number(r, "cpu0_slowdown_after", slowdown_after, 3);
+  // the echoing one's, before and after.
+  bench::add_slowdown(r, slowdown_before, slowdown_after);
   r.add_extra("pinned", pinned);
   r.add_extra("pairs", static_cast<std::int64_t>(p.pairs));
   r.add_extra("block", static_cast<std::int64_t>(p.block));

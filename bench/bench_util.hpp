@@ -579,4 +579,11 @@ inline double cpu_slowdown(int a, int b) {
   return cpu_probe_ns() / on_b;
 }
 
+/// cpu_slowdown(0, 1) taken before and after a case between processes
+/// pinned to CPUs 0 and 1, as `cpu0_slowdown_before` / `_after`.
+inline void add_slowdown(result& r, double before, double after) {
+  add_number(r, "cpu0_slowdown_before", before, 3);
+  add_number(r, "cpu0_slowdown_after", after, 3);
+}
+
 }  // namespace shmbus::bench
