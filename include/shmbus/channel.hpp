@@ -10,9 +10,11 @@
 //   claim room (16-byte CAS on the tail)       read the frame at its cursor
 //   write the payload in place                 (zero copy: a view into the ring,
 //   commit (seq_cst store of the commit word)   valid until its next read)
-//   load parked_subscribers: 0 → done          nothing? spin for options.spin,
-//     else ring those subscribers' eventfds     then park: set its parked bit,
-//     (write(2), fetched once per subscriber)   re-read, sleep on its eventfd
+//   load parked_subscribers: 0 → done          nothing? spin for options.spin
+//     else ring those subscribers' eventfds     (looks options.spin_backoff
+//     (write(2), fetched once per subscriber)   apart), then park: set its
+//                                               parked bit, re-read, sleep on
+//                                               its eventfd
 //
 // Waiting: co_await publish() suspends only under the block policy while
 // the slowest live subscriber is a full ring behind; co_await next() only
@@ -364,6 +366,14 @@ struct subscriber_options {
   /// How long next() spins on the ring before parking on its eventfd; 0 is
   /// pure event mode (no spinning).
   std::chrono::nanoseconds spin{std::chrono::microseconds(20)};
+  /// While spinning, how long to wait after a look at the ring that found
+  /// nothing before looking again; 0 or less looks continuously (the
+  /// lowest latency). A gap of a few microseconds leaves the lines a
+  /// publisher is about to write alone while it writes a batch of frames,
+  /// which the subscriber then reads in one go: a stream whose subscriber
+  /// keeps up moves faster, each message later by up to one gap. The wait
+  /// itself reads the clock only (docs/CHANNELS.md, "Waiting").
+  std::chrono::nanoseconds spin_backoff{0};
   /// How often a parked subscriber wakes to check for a publisher that died
   /// between claim and commit (its claim is then skipped).
   std::chrono::milliseconds liveness_check{100};

@@ -22,6 +22,8 @@
 #include <shmbus/event_fd.hpp>
 #include <shmbus/scheduler.hpp>
 
+#include "core/cpu_relax.hpp"
+#include "core/time_after.hpp"
 #include "notify/process_doorbells.hpp"
 #include "ring/ring.hpp"
 
@@ -273,7 +275,8 @@ struct subscriber_core {
   /// with the result in `out` when a read found a message (or corruption).
   bool spin_for_message(byte_message& out) noexcept {
     if (options.spin.count() <= 0) return false;
-    const auto until = std::chrono::steady_clock::now() + options.spin;
+    const auto until = time_after(std::chrono::steady_clock::now(), options.spin);
+    if (options.spin_backoff.count() > 0) return spin_with_backoff(out, until);
     for (;;) {
       // One load per turn; a full read when the frame is committed, and
       // every 64 turns (a lapped reader's position never reads committed).
@@ -281,6 +284,20 @@ struct subscriber_core {
       out = read();
       if (out.status != receive_status::empty) return true;
       if (std::chrono::steady_clock::now() >= until) return false;
+    }
+  }
+
+  /// spin_for_message with options.spin_backoff between looks. The caller
+  /// has just found nothing, so it waits first. Waiting polls the clock,
+  /// not the ring: the frame lines stay with the publisher meanwhile.
+  [[gnu::noinline]] bool spin_with_backoff(byte_message& out, std::chrono::steady_clock::time_point until) noexcept {
+    for (;;) {
+      const auto now = std::chrono::steady_clock::now();
+      if (now >= until) return false;
+      const auto look_at = std::min(time_after(now, options.spin_backoff), until);
+      while (std::chrono::steady_clock::now() < look_at) cpu_relax();
+      out = read();
+      if (out.status != receive_status::empty) return true;
     }
   }
 

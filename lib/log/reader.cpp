@@ -16,6 +16,7 @@
 
 #include "core/crc32c.hpp"
 #include "core/syscall.hpp"
+#include "core/time_after.hpp"
 #include "log/log_state.hpp"
 
 #include <fcntl.h>
@@ -172,7 +173,7 @@ task<log_record> log_reader::next() {
   detail::log_reader_state& r = *m_state;
   scheduler& s = *r.log->sched;
   if (auto rec = r.read()) co_return rec;
-  const auto until = std::chrono::steady_clock::now() + r.options.spin;
+  const auto until = detail::time_after(std::chrono::steady_clock::now(), r.options.spin);
   while (std::chrono::steady_clock::now() < until)
     if (auto rec = r.read()) co_return rec;
   if (!r.bell) {

@@ -53,7 +53,10 @@ constexpr std::uint64_t per_publisher = 1'000'000;
 }  // namespace
 
 TEST_CASE("4 publisher processes, 3 subscriber processes: every message, in order, checked", "[channel][processes]") {
-  const auto spin = GENERATE(as<std::string>{}, "0", "20000");  // pure event mode, then spin-then-park
+  // Pure event mode; spin then park; spin with 2 us between looks, then park.
+  const auto [spin, backoff] =
+      GENERATE(std::pair<std::string, std::string>{"0", "0"}, std::pair<std::string, std::string>{"20000", "0"},
+               std::pair<std::string, std::string>{"20000", "2000"});
   shmbus::channel_options o;
   o.capacity = 1 << 16;  // small: publishers are held back often
   o.max_message = shmbus::test::max_record_length;
@@ -62,7 +65,7 @@ TEST_CASE("4 publisher processes, 3 subscriber processes: every message, in orde
   std::vector<std::unique_ptr<helper_process>> subs, pubs;
   for (int i = 0; i < 3; ++i) {
     subs.push_back(std::make_unique<helper_process>(
-        std::vector<std::string>{helper_path(), "subscribe", sc.name, "4", count, spin}));
+        std::vector<std::string>{helper_path(), "subscribe", sc.name, "4", count, spin, backoff}));
     REQUIRE(subs.back()->read_line() == "ready");
   }
   for (int i = 0; i < 4; ++i)

@@ -4,10 +4,11 @@
 //
 //   channel_helper publish NAME ID COUNT
 //       publishes COUNT records (co_await publish: waits for room), exits 0.
-//   channel_helper subscribe NAME PUBLISHERS COUNT SPIN_NS
+//   channel_helper subscribe NAME PUBLISHERS COUNT SPIN_NS [BACKOFF_NS]
 //       subscribes (prints "ready"), reads PUBLISHERS * COUNT records with
 //       co_await next() and checks each: per-publisher order, no loss, no
 //       duplicate, length, checksum and filler bytes. Exits 0 if all good.
+//       Its options: spin = SPIN_NS, spin_backoff = BACKOFF_NS (default 0).
 //   channel_helper hold NAME
 //       subscribes, prints "ready", then reads nothing until stdin closes.
 //   channel_helper churn NAME ID COUNT EVERY
@@ -129,10 +130,11 @@ int main(int argc, char** argv) {
       shmbus::byte_publisher pub(open_channel(argv[2]));
       return s.run(publish(pub, static_cast<std::uint32_t>(std::atoi(argv[3])), std::strtoull(argv[4], nullptr, 10)));
     }
-    if (mode == "subscribe" && argc == 6) {
+    if (mode == "subscribe" && (argc == 6 || argc == 7)) {
       shmbus::scheduler s;
       shmbus::subscriber_options o;
       o.spin = std::chrono::nanoseconds(std::strtoll(argv[5], nullptr, 10));
+      if (argc == 7) o.spin_backoff = std::chrono::nanoseconds(std::strtoll(argv[6], nullptr, 10));
       shmbus::byte_subscriber sub(open_channel(argv[2]), o);
       say("ready");
       return s.run(subscribe(sub, static_cast<std::uint32_t>(std::atoi(argv[3])), std::strtoull(argv[4], nullptr, 10)));

@@ -7,6 +7,7 @@
 #include <shmbus/scheduler.hpp>
 #include <shmbus/when_all.hpp>
 
+#include "core/time_after.hpp"
 #include "ring/ring.hpp"
 
 #include <catch2/catch.hpp>
@@ -472,6 +473,72 @@ TEST_CASE("slots run out with a clear error, and are given back", "[channel]") {
   shmbus::byte_subscriber t(ch);
   CHECK(ch.stats().publishers == 1);
   CHECK(ch.stats().subscribers == 1);
+}
+
+TEST_CASE("spin with a backoff: messages found between looks, and a park when the spin ends", "[channel]") {
+  SECTION("a publisher thread keeps a small ring full; the subscriber spins 10 s with 1 us between looks") {
+    // It catches up, waits a gap, reads what came meanwhile (the ring
+    // holds about 100 ticks, so the publisher is held back too).
+    constexpr std::uint64_t count = 20'000;
+    shmbus::channel_options o;
+    o.capacity = 4096;
+    auto ch = typed_channel("backoff", o);
+    shmbus::subscriber<tick> sub(ch, {.spin = 10s, .spin_backoff = 1us});
+    std::thread producer([&] {
+      shmbus::scheduler s;
+      shmbus::publisher<tick> pub(ch);
+      auto produce = [&]() -> task<void> {
+        for (std::uint64_t n = 0; n < count; ++n) co_await pub.publish(tick{n, 0, "B"});
+      };
+      s.run(produce());
+    });
+    shmbus::scheduler s;
+    auto consume = [&]() -> task<std::uint64_t> {
+      std::uint64_t in_order = 0;
+      for (std::uint64_t n = 0; n < count; ++n) {
+        auto t = co_await sub.next();
+        if (t->id == n) ++in_order;
+      }
+      co_return in_order;
+    };
+    const std::uint64_t in_order = s.run(consume());
+    producer.join();
+    CHECK(in_order == count);
+  }
+  SECTION("a backoff longer than the spin ends with the spin: the subscriber parks and is woken") {
+    // One thread: the message can only come once the subscriber parks. A
+    // gap not cut at the spin's end would hold the thread for good.
+    auto ch = typed_channel("backoff_park");
+    shmbus::publisher<tick> pub(ch);
+    shmbus::subscriber<tick> sub(ch, {.spin = 1ms, .spin_backoff = std::chrono::nanoseconds::max(), .liveness_check = 10s});
+    shmbus::scheduler s;
+    constexpr std::uint64_t rounds = 20;
+    std::uint64_t received = 0;
+    auto consume = [&]() -> task<void> {
+      for (std::uint64_t i = 0; i < rounds; ++i) {
+        auto t = co_await sub.next();
+        if (t->id == i) ++received;
+      }
+    };
+    auto produce = [&]() -> task<void> {
+      for (std::uint64_t i = 0; i < rounds; ++i) {
+        co_await s.schedule();
+        co_await pub.publish(tick{i, 0, ""});
+      }
+    };
+    s.run(shmbus::when_all(consume(), produce()));
+    CHECK(received == rounds);
+  }
+}
+
+TEST_CASE("a spin or backoff of nanoseconds::max() means no deadline, not an overflow", "[channel]") {
+  // Channel subscribers and log readers take their spin deadlines from it.
+  const auto now = std::chrono::steady_clock::now();
+  const auto end = std::chrono::steady_clock::time_point::max();
+  CHECK(shmbus::detail::time_after(now, std::chrono::nanoseconds::max()) == end);
+  CHECK(shmbus::detail::time_after(now, end - now) == end);
+  CHECK(shmbus::detail::time_after(now, 5ms) == now + 5ms);
+  CHECK(shmbus::detail::time_after(now, 0ns) == now);
 }
 
 TEST_CASE("threads: 2 publishers and 2 parked subscribers, each on its own scheduler", "[channel][threads]") {
