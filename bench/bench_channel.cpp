@@ -29,6 +29,12 @@
 //                    summing every word of the view (no copy)
 //                    vs spsc_ring (copying); third side: the copying channel
 //                    in the same rounds.
+//   throughput_backoff  64 B and 4 KiB, as throughput, but the subscriber
+//                    waits as next() does: on an empty ring it spins with
+//                    subscriber_options::spin_backoff (--backoff, default
+//                    2 us) between looks (spin_for_message)
+//                    vs spsc_ring; third side: the channel polled
+//                    continuously (try_next, as in throughput), same rounds.
 //   fanout           1 publisher -> N subscriber processes (N = 1, 2, 4), 64 B,
 //                    msgs/s per subscriber, vs broadcast_ring (the SPSC ring
 //                    with one tail per reader). The publisher runs on CPU 0
@@ -513,6 +519,7 @@ struct settings {
   bool quick = false;
   std::size_t pairs = 0;               ///< 0: each case's default
   std::uint64_t ring_bytes = 1 << 20;  ///< throughput and fan-out rings
+  std::uint64_t backoff_ns = 2000;     ///< throughput_backoff's subscriber_options::spin_backoff
 };
 
 using bench::add_number;
@@ -824,8 +831,16 @@ inline bool consume(std::span<const std::byte> data, read_kind kind, std::byte* 
   }
   const std::size_t words = data.size() / sizeof expected;
   if (words < 2 || data.size() % sizeof expected != 0) return false;
+  // Four sums, so that the adds do not wait on one another and the loop
+  // runs at the pace of its loads, as memcpy's reading does.
+  std::uint64_t sums[4] = {};
+  std::size_t i = 0;
+  for (; i + 4 <= words; i += 4) {
+    for (std::size_t j = 0; j < 4; ++j) sums[j] += first_word(data.subspan((i + j) * sizeof expected));
+  }
   std::uint64_t sum = 0;
-  for (std::size_t i = 0; i < words; ++i) sum += first_word(data.subspan(i * sizeof expected));
+  for (const std::uint64_t s : sums) sum += s;
+  for (; i < words; ++i) sum += first_word(data.subspan(i * sizeof expected));
   return sum == 2 * expected + (words - 2) * fill_word && first_word(data) == expected &&
          first_word(data.subspan(data.size() - sizeof expected)) == expected;
 }
@@ -833,7 +848,7 @@ inline bool consume(std::span<const std::byte> data, read_kind kind, std::byte* 
 /// Worker: `n` samples of `per_sample` messages from the channel. A sample
 /// starts when the previous one ended (the first when the first message
 /// arrived).
-void sink_channel(shmbus::byte_subscriber& sub, read_kind kind, std::size_t size, std::byte* local,
+void sink_channel(shmbus::byte_subscriber& sub, read_kind kind, bool backoff, std::size_t size, std::byte* local,
                   std::uint64_t& expected, std::size_t n, std::size_t per_sample, double* samples,
                   std::uint64_t& errors) {
   std::int64_t t_prev = 0;
@@ -842,8 +857,14 @@ void sink_channel(shmbus::byte_subscriber& sub, read_kind kind, std::size_t size
       shmbus::byte_message m = sub.try_next();
       while (!m) {
         if (m.status == shmbus::receive_status::corrupt) throw std::runtime_error("the channel reads as corrupt");
-        cpu_relax();
-        m = sub.try_next();
+        if (backoff) {
+          // next()'s spin, with the subscriber's spin_backoff (its spin of
+          // 1 s ends, and is begun again, only if the publisher stalls).
+          sub.spin_for_message(m);
+        } else {
+          cpu_relax();
+          m = sub.try_next();
+        }
       }
       if (s == 0 && k == 0) t_prev = bench::now_ns();
       const std::uint64_t c = ++expected;
@@ -880,16 +901,19 @@ struct stream_spec {
   std::size_t size = 64;        ///< message bytes
   std::size_t subscribers = 1;  ///< worker processes
   read_kind kind = read_kind::copy;
+  std::uint64_t backoff_ns = 0; ///< > 0: the subscriber spins as next() does, with this spin_backoff
   bool pin = true;              ///< the publisher on CPU 0, the subscribers on CPU 1
   bool memcpy_side = false;     ///< third side: memcpy
   bool copy_side = false;       ///< third side: the copying channel (zero-copy case)
+  bool polling_side = false;    ///< third side: the channel read by try_next polled continuously (backoff case)
   std::size_t per_sample = 0;   ///< messages per sample
 };
 
 /// Worker sides per round, in order: what the worker mirrors.
 std::string stream_sides(const stream_spec& spec) {
-  std::string s = spec.kind == read_kind::copy ? "cr" : "zr";  // c: channel copy, z: zero copy, r: ring
-  if (spec.copy_side) s += 'c';
+  // c: channel copy, z: zero copy, b: channel copy with backoff, r: ring
+  std::string s = spec.backoff_ns > 0 ? "br" : spec.kind == read_kind::copy ? "cr" : "zr";
+  if (spec.copy_side || spec.polling_side) s += 'c';
   return s;
 }
 
@@ -914,7 +938,7 @@ bench::result stream_case(const stream_spec& spec, const bench::plan& p, std::ui
                    fmt::format("size={}", spec.size), fmt::format("block={}", p.block),
                    fmt::format("per_sample={}", spec.per_sample),
                    fmt::format("warmup={}", p.warmup_blocks), fmt::format("rounds={}", p.warmup_blocks + p.pairs),
-                   fmt::format("sides={}", sides),
+                   fmt::format("sides={}", sides), fmt::format("backoff_ns={}", spec.backoff_ns),
                    fmt::format("cpu={}", spec.pin ? 1 : -1)},
                   {std::begin(fds), std::end(fds)});
   }
@@ -939,7 +963,9 @@ bench::result stream_case(const stream_spec& spec, const bench::plan& p, std::ui
     if (count) tally.add(heap_allocations_in_this_thread() - a0, per_block);
     gather(out);
   };
-  bench::side channel_side{spec.kind == read_kind::copy ? "channel" : "channel_zero_copy",
+  bench::side channel_side{spec.backoff_ns > 0              ? "channel_backoff"
+                           : spec.kind == read_kind::copy ? "channel"
+                                                          : "channel_zero_copy",
                            [&](std::size_t, std::vector<double>& out) {
                              channel_block(spec.kind, channel_blocks++ >= p.warmup_blocks, out);
                            }};
@@ -956,8 +982,8 @@ bench::result stream_case(const stream_spec& spec, const bench::plan& p, std::ui
                       memcpy_block(memcpy_ring, msg, memcpy_position, n, spec.per_sample, out);
                     }});
   }
-  if (spec.copy_side) {
-    more.push_back({"channel_copy", [&](std::size_t, std::vector<double>& out) {
+  if (spec.copy_side || spec.polling_side) {
+    more.push_back({spec.copy_side ? "channel_copy" : "channel_polling", [&](std::size_t, std::vector<double>& out) {
                       channel_block(read_kind::copy, false, out);
                     }});
   }
@@ -1009,6 +1035,12 @@ bench::result stream_case(const stream_spec& spec, const bench::plan& p, std::ui
     add_number(r, "copying_msgs_per_s", m, 0);
     add_number(r, "copying_gb_per_s", m * size / 1e9, 3);
     add_number(r, "ratio_vs_copying", rate / m, 3);
+  }
+  if (spec.polling_side) {
+    const double m = 1e9 / bench::compute_stats(c.samples_more[0]).mean;
+    add_number(r, "backoff_us", static_cast<double>(spec.backoff_ns) / 1e3, 3);
+    add_number(r, "polling_msgs_per_s", m, 0);
+    add_number(r, "ratio_vs_polling", rate / m, 3);
   }
   r.add_extra("ring_bytes", static_cast<std::int64_t>(ring_bytes));
   add_alloc_fields(r, tally, arena, spec.subscribers);
@@ -1092,7 +1124,12 @@ void sink_worker_run(const worker_args& a, const arena_view& arena) {
   shmbus::channel ch =
       shmbus::channel::attach(adopt(static_cast<int>(a.number("channel")), "stream"), nullptr, "stream");
   prefault(ch.backing());
-  shmbus::byte_subscriber sub(ch);
+  // Spinning for 1 s (never parking) with the case's spin_backoff; used by
+  // the 'b' side only, the others poll try_next.
+  shmbus::subscriber_options options;
+  options.spin = std::chrono::seconds(1);
+  options.spin_backoff = std::chrono::nanoseconds(a.number("backoff_ns"));
+  shmbus::byte_subscriber sub(ch, options);
   ring_reader reader(arena, index);
   std::vector<std::byte> local(size);
   shared(arena.control().ready.value).fetch_add(1, std::memory_order_acq_rel);
@@ -1109,8 +1146,8 @@ void sink_worker_run(const worker_args& a, const arena_view& arena) {
         sink_ring(reader, local.data(), ring_expected, n, per_sample, samples, errors);
       } else {
         const std::uint64_t a0 = heap_allocations_in_this_thread();
-        sink_channel(sub, side == 'z' ? read_kind::zero_copy : read_kind::copy, size, local.data(), channel_expected,
-                     n, per_sample, samples, errors);
+        sink_channel(sub, side == 'z' ? read_kind::zero_copy : read_kind::copy, side == 'b', size, local.data(),
+                     channel_expected, n, per_sample, samples, errors);
         if (i == 0 && round >= warmup) tally.add(heap_allocations_in_this_thread() - a0, std::uint64_t{n} * per_sample);
       }
       shared(done).fetch_add(1, std::memory_order_acq_rel);
@@ -1202,6 +1239,20 @@ void throughput_zero_copy(const settings& s, const emit_fn& emit) {
   spec.per_sample = per_sample_for(s, spec.size);
   bench::result r = stream_case(spec, p, s.ring_bytes);
   emit(r);
+}
+
+void throughput_backoff(const settings& s, const emit_fn& emit) {
+  const bench::plan p = plan_for(s, {1, 10, 40}, {1, 2, 4});
+  for (std::size_t size : {std::size_t{64}, std::size_t{4096}}) {
+    stream_spec spec;
+    spec.name = "throughput_backoff";
+    spec.size = size;
+    spec.backoff_ns = s.backoff_ns;
+    spec.polling_side = true;
+    spec.per_sample = per_sample_for(s, size);
+    bench::result r = stream_case(spec, p, s.ring_bytes);
+    emit(r);
+  }
 }
 
 void fanout(const settings& s, const emit_fn& emit) {
@@ -1373,6 +1424,7 @@ const case_spec cases[] = {
     {"pingpong_event", pingpong_event},
     {"throughput", throughput},
     {"throughput_zero_copy", throughput_zero_copy},
+    {"throughput_backoff", throughput_backoff},
     {"fanout", fanout},
     {"op_cost", op_cost},
 };
@@ -1387,11 +1439,17 @@ int main(int argc, char** argv) {
   const bench::options opts =
       bench::parse_options(argc, argv, names, "bench_channel",
                            {{"pairs", "N  measured pairs (rounds) of blocks per case (default 10)"},
-                            {"ring", "BYTES  ring of the throughput and fan-out cases (default 1048576)"}});
+                            {"ring", "BYTES  ring of the throughput and fan-out cases (default 1048576)"},
+                            {"backoff", "NS  throughput_backoff's spin_backoff in ns (default 2000)"}});
   settings s;
   s.quick = opts.quick;
   s.pairs = bench::parse_count(opts, "pairs", 0);
   s.ring_bytes = bench::parse_count(opts, "ring", s.ring_bytes);
+  s.backoff_ns = bench::parse_count(opts, "backoff", s.backoff_ns);
+  if (s.backoff_ns == 0 || s.backoff_ns > 1'000'000) {
+    std::fprintf(stderr, "--backoff: 1 to 1000000 ns\n");
+    return 2;
+  }
   if ((s.ring_bytes & (s.ring_bytes - 1)) != 0 || s.ring_bytes < (std::uint64_t{1} << 16)) {
     std::fprintf(stderr, "--ring: a power of two of at least 65536 bytes\n");
     return 2;

@@ -19,7 +19,8 @@ import sys
 COMMON = ("bench", "case", "op", "samples", "p50_ns", "p99_ns", "p999_ns", "cpu_wait_ms")
 WITH_BASELINE = ("baseline_p50_ns", "baseline_p99_ns", "ratio", "pair_ratio_median", "pair_ratios")
 TWO_PROCESS_CASES = {
-    "channel": {"pingpong_spin", "pingpong_event", "throughput", "throughput_zero_copy", "fanout"},
+    "channel": {"pingpong_spin", "pingpong_event", "throughput", "throughput_zero_copy", "throughput_backoff",
+                "fanout"},
     "scheduler": {"wakeup_eventfd", "wakeup_eventfd_vs_uring", "wakeup_eventfd_bounded"},
 }
 
