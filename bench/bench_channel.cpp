@@ -901,7 +901,7 @@ struct stream_spec {
   std::size_t size = 64;        ///< message bytes
   std::size_t subscribers = 1;  ///< worker processes
   read_kind kind = read_kind::copy;
-  std::uint64_t backoff_ns = 0; ///< > 0: the subscriber spins as next() does, with this spin_backoff
+  std::uint64_t backoff_ns = 0;  ///< > 0: the subscriber spins as next() does, with this spin_backoff
   bool pin = true;              ///< the publisher on CPU 0, the subscribers on CPU 1
   bool memcpy_side = false;     ///< third side: memcpy
   bool copy_side = false;       ///< third side: the copying channel (zero-copy case)
@@ -1216,17 +1216,19 @@ std::size_t per_sample_for(const settings& s, std::size_t size) {
   return std::max<std::size_t>(256, (std::size_t{1} << 19) / size);
 }
 
-void throughput(const settings& s, const emit_fn& emit) {
+/// A streaming case at 64 B and at 4 KiB; `spec` names it and sets its sides.
+void stream_64_and_4096(const settings& s, const emit_fn& emit, stream_spec spec) {
   const bench::plan p = plan_for(s, {1, 10, 40}, {1, 2, 4});
   for (std::size_t size : {std::size_t{64}, std::size_t{4096}}) {
-    stream_spec spec;
-    spec.name = "throughput";
     spec.size = size;
-    spec.memcpy_side = true;
     spec.per_sample = per_sample_for(s, size);
     bench::result r = stream_case(spec, p, s.ring_bytes);
     emit(r);
   }
+}
+
+void throughput(const settings& s, const emit_fn& emit) {
+  stream_64_and_4096(s, emit, {.name = "throughput", .memcpy_side = true});
 }
 
 void throughput_zero_copy(const settings& s, const emit_fn& emit) {
@@ -1242,17 +1244,7 @@ void throughput_zero_copy(const settings& s, const emit_fn& emit) {
 }
 
 void throughput_backoff(const settings& s, const emit_fn& emit) {
-  const bench::plan p = plan_for(s, {1, 10, 40}, {1, 2, 4});
-  for (std::size_t size : {std::size_t{64}, std::size_t{4096}}) {
-    stream_spec spec;
-    spec.name = "throughput_backoff";
-    spec.size = size;
-    spec.backoff_ns = s.backoff_ns;
-    spec.polling_side = true;
-    spec.per_sample = per_sample_for(s, size);
-    bench::result r = stream_case(spec, p, s.ring_bytes);
-    emit(r);
-  }
+  stream_64_and_4096(s, emit, {.name = "throughput_backoff", .backoff_ns = s.backoff_ns, .polling_side = true});
 }
 
 void fanout(const settings& s, const emit_fn& emit) {

@@ -62,6 +62,30 @@ shmbus::channel reopen(const shmbus::channel& ch, const shmbus::payload_type* ex
   return shmbus::channel::attach(shmbus::region::adopt_fd(ch.backing().dup_fd()), expected, "reopened");
 }
 
+/// One scheduler, `rounds` ticks: the publisher yields before each one, so
+/// the subscriber runs first, finds nothing, spins if its options say so
+/// and parks: every tick comes through the doorbell. Returns how many
+/// arrived in order.
+std::uint64_t publish_to_parked(shmbus::publisher<tick>& pub, shmbus::subscriber<tick>& sub, std::uint64_t rounds) {
+  shmbus::scheduler s;
+  std::uint64_t received = 0;
+  auto consume = [&]() -> task<void> {
+    for (std::uint64_t i = 0; i < rounds; ++i) {
+      auto t = co_await sub.next();
+      if (t->id == i) ++received;
+    }
+  };
+  auto produce = [&]() -> task<void> {
+    for (std::uint64_t i = 0; i < rounds; ++i) {
+      co_await s.schedule();
+      co_await s.schedule();
+      co_await pub.publish(tick{i, 0, ""});
+    }
+  };
+  s.run(shmbus::when_all(consume(), produce()));
+  return received;
+}
+
 }  // namespace
 
 TEST_CASE("typed messages arrive in order with their sequence numbers", "[channel]") {
@@ -350,26 +374,7 @@ TEST_CASE("event mode: a parked subscriber is woken by a publisher's doorbell", 
   auto ch = typed_channel("event");
   shmbus::publisher<tick> pub(ch);
   shmbus::subscriber<tick> sub(ch, {.spin = 0ns, .liveness_check = 10s});
-  shmbus::scheduler s;
-  constexpr std::uint64_t rounds = 200;
-  std::uint64_t received = 0;
-  auto consume = [&]() -> task<void> {
-    for (std::uint64_t i = 0; i < rounds; ++i) {
-      auto t = co_await sub.next();
-      if (t->id == i) ++received;
-    }
-  };
-  auto produce = [&]() -> task<void> {
-    for (std::uint64_t i = 0; i < rounds; ++i) {
-      // Yield first: the subscriber runs, finds nothing and parks, so
-      // every message goes through the doorbell.
-      co_await s.schedule();
-      co_await s.schedule();
-      co_await pub.publish(tick{i, 0, ""});
-    }
-  };
-  s.run(shmbus::when_all(consume(), produce()));
-  CHECK(received == rounds);
+  CHECK(publish_to_parked(pub, sub, 200) == 200);
 }
 
 TEST_CASE("opening a channel with another type or layout fails with a specific error", "[channel]") {
@@ -511,23 +516,7 @@ TEST_CASE("spin with a backoff: messages found between looks, and a park when th
     auto ch = typed_channel("backoff_park");
     shmbus::publisher<tick> pub(ch);
     shmbus::subscriber<tick> sub(ch, {.spin = 1ms, .spin_backoff = std::chrono::nanoseconds::max(), .liveness_check = 10s});
-    shmbus::scheduler s;
-    constexpr std::uint64_t rounds = 20;
-    std::uint64_t received = 0;
-    auto consume = [&]() -> task<void> {
-      for (std::uint64_t i = 0; i < rounds; ++i) {
-        auto t = co_await sub.next();
-        if (t->id == i) ++received;
-      }
-    };
-    auto produce = [&]() -> task<void> {
-      for (std::uint64_t i = 0; i < rounds; ++i) {
-        co_await s.schedule();
-        co_await pub.publish(tick{i, 0, ""});
-      }
-    };
-    s.run(shmbus::when_all(consume(), produce()));
-    CHECK(received == rounds);
+    CHECK(publish_to_parked(pub, sub, 20) == 20);
   }
 }
 
