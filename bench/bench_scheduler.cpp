@@ -321,7 +321,9 @@ void echo_baseline(const doorbells& d, baseline_waiter& w, std::size_t n) {
 }
 
 /// Process B: mirrors run_interleaved's sequence of blocks exactly (warm-up
-/// A B, then pairs A B), so no other synchronisation is needed.
+/// A B, then pairs A B), so no other synchronisation is needed. Writes its
+/// start status ('P' pinned, 'U' not, 'E' failed) to `status_fd`, and
+/// after its last block how long it waited for a CPU (int64 ns).
 [[noreturn]] void echo_process(const doorbells& d, baseline_kind kind, bool bounded, const bench::plan& p,
                                int status_fd) {
   char status = 'E';
@@ -332,11 +334,14 @@ void echo_baseline(const doorbells& d, baseline_waiter& w, std::size_t n) {
     baseline_waiter w(kind);
     status = pinned ? 'P' : 'U';
     if (::write(status_fd, &status, 1) != 1) ::_exit(3);
-    ::close(status_fd);
+    const std::int64_t wait0 = bench::cpu_wait_ns();
     for (std::size_t i = 0; i < p.warmup_blocks + p.pairs; ++i) {
       s.run(echo_scheduler(s, d, bounded, p.block));
       echo_baseline(d, w, p.block);
     }
+    const std::int64_t waited = bench::cpu_wait_since(wait0);
+    if (::write(status_fd, &waited, sizeof waited) != sizeof waited) ::_exit(3);
+    ::close(status_fd);
     // Exit only when told: our SIGCHLD must not reach A while it measures.
     raw_read(d.b1.get());
   } catch (const std::exception& e) {
@@ -420,6 +425,11 @@ bench::result wakeup_case(const bench::plan& p, baseline_kind kind, bool bounded
                         }};
   const bench::comparison c = bench::run_interleaved(sched_side, base_side, p);
   g_unblock_fd = -1;
+  std::int64_t echo_wait = -1;  // B writes it after its last block
+  ssize_t got = 0;
+  do got = ::read(status_pipe[0], &echo_wait, sizeof echo_wait);
+  while (got < 0 && errno == EINTR);
+  if (got != sizeof echo_wait) throw std::runtime_error("the echoing process did not report its CPU wait");
   bench::eventfd_add_one(d.b1.get());  // lets B exit
   if (const int st = child_guard.wait(); st != 0)
     throw std::runtime_error(fmt::format("the echoing process exited with status {}", st));
@@ -438,6 +448,7 @@ bench::result wakeup_case(const bench::plan& p, baseline_kind kind, bool bounded
   // How many times slower a fixed loop ran on this process's CPU than on
   // the echoing one's, before and after.
   bench::add_slowdown(r, slowdown_before, slowdown_after);
+  bench::add_cpu_wait(r, "workers_cpu_wait_ms", echo_wait);
   r.add_extra("pinned", pinned);
   r.add_extra("pairs", static_cast<std::int64_t>(p.pairs));
   r.add_extra("block", static_cast<std::int64_t>(p.block));
@@ -532,7 +543,7 @@ int main(int argc, char** argv) {
     try {
       const std::int64_t wait0 = bench::cpu_wait_ns();
       bench::result r = c.run(opts.quick ? c.quick : c.full);
-      // This process's wait; a wake-up case's echoing process reports none.
+      // This process's wait; a wake-up case adds its echoing process's.
       bench::add_cpu_wait(r, "cpu_wait_ms", bench::cpu_wait_since(wait0));
       r.bench = "scheduler";
       bench::report(r, opts.json);

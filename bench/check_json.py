@@ -5,9 +5,9 @@ Every line must be one JSON object with the fields DESIGN.md and
 docs/BENCHMARKS.md name: the case, its percentiles, its same-run baseline
 and ratio where it has one, and how long the measuring process waited for a
 CPU (cpu_wait_ms). Cases between two pinned processes must also say how
-much slower CPU 0 ran than CPU 1 around them (cpu0_slowdown_before/after),
-and bench_channel's must give their workers' wait. Numbers are finite or
-null (JSON has no NaN). Nothing about speed is checked.
+much slower CPU 0 ran than CPU 1 around them (cpu0_slowdown_before/after)
+and how long their other processes waited (workers_cpu_wait_ms). Numbers
+are finite or null (JSON has no NaN). Nothing about speed is checked.
 
 Usage: check_json.py BENCH_BINARY
 """
@@ -48,7 +48,7 @@ def check(line):
         problems += [f"missing {k} (the case has a baseline)" for k in WITH_BASELINE if k not in obj]
     if obj.get("case") in TWO_PROCESS_CASES.get(obj.get("bench"), ()):
         problems += [f"missing {k}" for k in ("cpu0_slowdown_before", "cpu0_slowdown_after") if k not in obj]
-        if obj.get("bench") == "channel" and "workers_cpu_wait_ms" not in obj:
+        if "workers_cpu_wait_ms" not in obj:
             problems.append("missing workers_cpu_wait_ms")
     problems += [f"{k} is not finite" for k, v in obj.items() if not finite_or_null(v)]
     return problems
