@@ -34,7 +34,9 @@
 //                    subscriber_options::spin_backoff (--backoff, default
 //                    2 us) between looks (spin_for_message)
 //                    vs spsc_ring; third side: the channel polled
-//                    continuously (try_next, as in throughput), same rounds.
+//                    continuously (try_next, as in throughput); fourth:
+//                    spsc_ring_backoff, the ring's reader waiting the same
+//                    gap on an empty ring; same rounds.
 //   fanout           1 publisher -> N subscriber processes (N = 1, 2, 4), 64 B,
 //                    msgs/s per subscriber, vs broadcast_ring (the SPSC ring
 //                    with one tail per reader). The publisher runs on CPU 0
@@ -282,11 +284,19 @@ class ring_reader {
         m_slots(a.control().ring_bytes / a.control().slot_size),
         m_data(a.ring_slots()) {}
 
-  /// Copies the next message into `out`, spinning while there is none.
-  void pop(std::byte* out) noexcept {
+  /// Copies the next message into `out`, spinning while there is none:
+  /// polling the head continuously, or, with `backoff_ns` > 0, that long
+  /// apart (reading the clock in between, as the channel's spin_backoff).
+  void pop(std::byte* out, std::int64_t backoff_ns = 0) noexcept {
     while (m_tail == m_head) {
       m_head = shared(m_arena.ring_head()).load(std::memory_order_acquire);
-      if (m_tail == m_head) cpu_relax();
+      if (m_tail != m_head) break;
+      if (backoff_ns <= 0) {
+        cpu_relax();
+        continue;
+      }
+      const std::int64_t look_at = bench::now_ns() + backoff_ns;
+      while (bench::now_ns() < look_at) cpu_relax();
     }
     std::memcpy(out, m_data + (m_tail & (m_slots - 1)) * m_size, m_size);
     ++m_tail;
@@ -876,12 +886,12 @@ void sink_channel(shmbus::byte_subscriber& sub, read_kind kind, bool backoff, st
   }
 }
 
-void sink_ring(ring_reader& r, std::byte* local, std::uint64_t& expected, std::size_t n, std::size_t per_sample,
-               double* samples, std::uint64_t& errors) {
+void sink_ring(ring_reader& r, std::int64_t backoff_ns, std::byte* local, std::uint64_t& expected, std::size_t n,
+               std::size_t per_sample, double* samples, std::uint64_t& errors) {
   std::int64_t t_prev = 0;
   for (std::size_t s = 0; s < n; ++s) {
     for (std::size_t k = 0; k < per_sample; ++k) {
-      r.pop(local);
+      r.pop(local, backoff_ns);
       bench::clobber_memory();
       if (s == 0 && k == 0) t_prev = bench::now_ns();
       const std::uint64_t c = ++expected;
@@ -911,9 +921,11 @@ struct stream_spec {
 
 /// Worker sides per round, in order: what the worker mirrors.
 std::string stream_sides(const stream_spec& spec) {
-  // c: channel copy, z: zero copy, b: channel copy with backoff, r: ring
+  // c: channel copy, z: zero copy, b: channel copy with backoff, r: ring,
+  // R: ring with backoff
   std::string s = spec.backoff_ns > 0 ? "br" : spec.kind == read_kind::copy ? "cr" : "zr";
   if (spec.copy_side || spec.polling_side) s += 'c';
+  if (spec.polling_side) s += 'R';
   return s;
 }
 
@@ -987,6 +999,12 @@ bench::result stream_case(const stream_spec& spec, const bench::plan& p, std::ui
                       channel_block(read_kind::copy, false, out);
                     }});
   }
+  if (spec.polling_side) {
+    more.push_back({"spsc_ring_backoff", [&](std::size_t, std::vector<double>& out) {
+                      publish_ring(writer, msg, ring_counter, per_block);
+                      gather(out);
+                    }});
+  }
   const std::int64_t wait0 = bench::cpu_wait_ns();
   const bench::comparison c = bench::run_interleaved(channel_side, ring_side, p, more);
   const std::int64_t parent_wait = bench::cpu_wait_since(wait0);
@@ -1041,6 +1059,9 @@ bench::result stream_case(const stream_spec& spec, const bench::plan& p, std::ui
     add_number(r, "backoff_us", static_cast<double>(spec.backoff_ns) / 1e3, 3);
     add_number(r, "polling_msgs_per_s", m, 0);
     add_number(r, "ratio_vs_polling", rate / m, 3);
+    const double rb = 1e9 / bench::compute_stats(c.samples_more[1]).mean;
+    add_number(r, "ring_backoff_msgs_per_s", rb, 0);
+    add_number(r, "ratio_vs_ring_backoff", rate / rb, 3);
   }
   r.add_extra("ring_bytes", static_cast<std::int64_t>(ring_bytes));
   add_alloc_fields(r, tally, arena, spec.subscribers);
@@ -1128,7 +1149,8 @@ void sink_worker_run(const worker_args& a, const arena_view& arena) {
   // the 'b' side only, the others poll try_next.
   shmbus::subscriber_options options;
   options.spin = std::chrono::seconds(1);
-  options.spin_backoff = std::chrono::nanoseconds(a.number("backoff_ns"));
+  const std::int64_t backoff_ns = a.number("backoff_ns");
+  options.spin_backoff = std::chrono::nanoseconds(backoff_ns);
   shmbus::byte_subscriber sub(ch, options);
   ring_reader reader(arena, index);
   std::vector<std::byte> local(size);
@@ -1142,8 +1164,8 @@ void sink_worker_run(const worker_args& a, const arena_view& arena) {
   for (std::size_t round = 0; round < rounds; ++round) {
     for (std::size_t i = 0; i < sides.size(); ++i) {
       const char side = sides[i];
-      if (side == 'r') {
-        sink_ring(reader, local.data(), ring_expected, n, per_sample, samples, errors);
+      if (side == 'r' || side == 'R') {
+        sink_ring(reader, side == 'R' ? backoff_ns : 0, local.data(), ring_expected, n, per_sample, samples, errors);
       } else {
         const std::uint64_t a0 = heap_allocations_in_this_thread();
         sink_channel(sub, side == 'z' ? read_kind::zero_copy : read_kind::copy, side == 'b', size, local.data(),
