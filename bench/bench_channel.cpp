@@ -981,11 +981,11 @@ bench::result stream_case(const stream_spec& spec, const bench::plan& p, std::ui
                            [&](std::size_t, std::vector<double>& out) {
                              channel_block(spec.kind, channel_blocks++ >= p.warmup_blocks, out);
                            }};
-  bench::side ring_side{spec.name == "fanout" ? "broadcast_ring" : "spsc_ring",
-                        [&](std::size_t, std::vector<double>& out) {
-                          publish_ring(writer, msg, ring_counter, per_block);
-                          gather(out);
-                        }};
+  auto ring_block = [&](std::size_t, std::vector<double>& out) {
+    publish_ring(writer, msg, ring_counter, per_block);
+    gather(out);
+  };
+  bench::side ring_side{spec.name == "fanout" ? "broadcast_ring" : "spsc_ring", ring_block};
   std::vector<bench::side> more;
   std::vector<std::byte> memcpy_ring;
   if (spec.memcpy_side) {
@@ -999,12 +999,7 @@ bench::result stream_case(const stream_spec& spec, const bench::plan& p, std::ui
                       channel_block(read_kind::copy, false, out);
                     }});
   }
-  if (spec.polling_side) {
-    more.push_back({"spsc_ring_backoff", [&](std::size_t, std::vector<double>& out) {
-                      publish_ring(writer, msg, ring_counter, per_block);
-                      gather(out);
-                    }});
-  }
+  if (spec.polling_side) more.push_back({"spsc_ring_backoff", ring_block});  // the worker's reader backs off
   const std::int64_t wait0 = bench::cpu_wait_ns();
   const bench::comparison c = bench::run_interleaved(channel_side, ring_side, p, more);
   const std::int64_t parent_wait = bench::cpu_wait_since(wait0);
