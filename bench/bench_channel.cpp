@@ -911,11 +911,12 @@ struct stream_spec {
   std::size_t size = 64;        ///< message bytes
   std::size_t subscribers = 1;  ///< worker processes
   read_kind kind = read_kind::copy;
-  std::uint64_t backoff_ns = 0;  ///< > 0: the subscriber spins as next() does, with this spin_backoff
+  /// > 0: the subscriber spins as next() does, with this spin_backoff; third
+  /// and fourth sides: the channel polled continuously, the ring with this backoff
+  std::uint64_t backoff_ns = 0;
   bool pin = true;              ///< the publisher on CPU 0, the subscribers on CPU 1
   bool memcpy_side = false;     ///< third side: memcpy
   bool copy_side = false;       ///< third side: the copying channel (zero-copy case)
-  bool polling_side = false;    ///< third side: the channel read by try_next polled continuously (backoff case)
   std::size_t per_sample = 0;   ///< messages per sample
 };
 
@@ -924,8 +925,8 @@ std::string stream_sides(const stream_spec& spec) {
   // c: channel copy, z: zero copy, b: channel copy with backoff, r: ring,
   // R: ring with backoff
   std::string s = spec.backoff_ns > 0 ? "br" : spec.kind == read_kind::copy ? "cr" : "zr";
-  if (spec.copy_side || spec.polling_side) s += 'c';
-  if (spec.polling_side) s += 'R';
+  if (spec.copy_side || spec.backoff_ns > 0) s += 'c';
+  if (spec.backoff_ns > 0) s += 'R';
   return s;
 }
 
@@ -994,12 +995,12 @@ bench::result stream_case(const stream_spec& spec, const bench::plan& p, std::ui
                       memcpy_block(memcpy_ring, msg, memcpy_position, n, spec.per_sample, out);
                     }});
   }
-  if (spec.copy_side || spec.polling_side) {
+  if (spec.copy_side || spec.backoff_ns > 0) {
     more.push_back({spec.copy_side ? "channel_copy" : "channel_polling", [&](std::size_t, std::vector<double>& out) {
                       channel_block(read_kind::copy, false, out);
                     }});
   }
-  if (spec.polling_side) more.push_back({"spsc_ring_backoff", ring_block});  // the worker's reader backs off
+  if (spec.backoff_ns > 0) more.push_back({"spsc_ring_backoff", ring_block});  // the worker's reader backs off
   const std::int64_t wait0 = bench::cpu_wait_ns();
   const bench::comparison c = bench::run_interleaved(channel_side, ring_side, p, more);
   const std::int64_t parent_wait = bench::cpu_wait_since(wait0);
@@ -1049,7 +1050,7 @@ bench::result stream_case(const stream_spec& spec, const bench::plan& p, std::ui
     add_number(r, "copying_gb_per_s", m * size / 1e9, 3);
     add_number(r, "ratio_vs_copying", rate / m, 3);
   }
-  if (spec.polling_side) {
+  if (spec.backoff_ns > 0) {
     const double m = 1e9 / bench::compute_stats(c.samples_more[0]).mean;
     add_number(r, "backoff_us", static_cast<double>(spec.backoff_ns) / 1e3, 3);
     add_number(r, "polling_msgs_per_s", m, 0);
@@ -1261,7 +1262,7 @@ void throughput_zero_copy(const settings& s, const emit_fn& emit) {
 }
 
 void throughput_backoff(const settings& s, const emit_fn& emit) {
-  stream_64_and_4096(s, emit, {.name = "throughput_backoff", .backoff_ns = s.backoff_ns, .polling_side = true});
+  stream_64_and_4096(s, emit, {.name = "throughput_backoff", .backoff_ns = s.backoff_ns});
 }
 
 void fanout(const settings& s, const emit_fn& emit) {
