@@ -331,6 +331,18 @@ class ring {
   static void prefetch_one_line_frame(std::byte* ring_base, std::uint64_t offset, std::uint64_t frame_bytes) noexcept {
     if ((offset & (layout::cache_line - 1)) + frame_bytes <= layout::cache_line) prefetch_for_write(ring_base + offset);
   }
+  /// How far ahead of a claim's end prefetch_ahead asks for lines.
+  static constexpr std::uint64_t write_ahead = 1024;
+  /// Asks for the two lines `write_ahead` bytes past a claim ending at
+  /// `end`, which later claims will write (core/prefetch.hpp). Under the
+  /// block policy only inside the room already known free: a line past it
+  /// may be one a subscriber has still to read.
+  void prefetch_ahead(std::uint64_t end) const noexcept {
+    const std::uint64_t at = end + write_ahead;
+    if (m_policy == layout::policy_block && at + layout::cache_line > m_limit_cache) return;
+    prefetch_for_write(m_ring + (at & m_mask));
+    prefetch_for_write(m_ring + ((at + layout::cache_line) & m_mask));
+  }
   /// After a commit, off the path a waiting subscriber is on: true if the
   /// claim [start, end) starts on a resync segment boundary or passes one,
   /// and so must record hints (note_resync_hints). Its first and last bytes
@@ -626,6 +638,7 @@ inline bool ring::try_lone_claim(std::uint32_t length, std::uint32_t publisher_i
                      end <= m_limit_cache);
   if (frame_bytes > m_capacity - offset || !room) return false;
   prefetch_one_line_frame(base, offset, frame_bytes);
+  prefetch_ahead(end);
   ring_detail::shared(me.intent_length).store(frame_bytes, std::memory_order_relaxed);
   ring_detail::shared(me.intent_sequence).store(sequence, std::memory_order_relaxed);
   ring_detail::shared(me.intent_position).store(position, std::memory_order_relaxed);
@@ -684,6 +697,7 @@ inline claim_status ring::try_claim_general(std::uint32_t length, std::uint32_t 
   }
   out.claim_position = position;
   out.frame_position = frame_bytes <= room ? position : position + room;
+  prefetch_ahead(out.frame_position + frame_bytes);
   out.sequence = sequence;
   out.length = length;
   out.payload = m_ring + (out.frame_position & m_mask) + layout::frame_header_size;
