@@ -8,14 +8,15 @@
 // A write prefetch (PREFETCHW) asks as soon as the address is known, and the
 // claim runs while the line travels.
 //
-// Writing ahead: the lines a claim about a kilobyte later will write. A
-// stream's lines were last held by the subscriber's core (it read them a
-// lap ago, or polls them now), and a store waits in the store queue until
-// its line is back: the queue holds the stores of only a few frames, so a
-// publisher that asks for each line at its own store has only a few lines
-// in flight, and on a host that places the two cores far apart it spends
-// most of its time waiting. Asked for a kilobyte early, the lines arrive
-// before the stores do (docs/BENCHMARKS.md, "The fourteenth round").
+// Writing ahead: the lines a claim about a kilobyte later will write, in
+// streams of frames up to two lines. A stream's lines were last held by
+// the subscriber's core (it read them a lap ago), and a store waits in the
+// store queue until its line is back: the queue holds the stores of only a
+// few frames, so a publisher that asks for each line at its own store has
+// only a few lines in flight, and on a host that places the two cores far
+// apart it spends most of its time waiting. Asked for a kilobyte early,
+// the lines arrive before the stores do (docs/BENCHMARKS.md, "The
+// fourteenth round").
 //
 // Reading: the second line of a two-line frame. The reader can ask for it
 // only once it has seen the commit word, and the copy that reads it comes
