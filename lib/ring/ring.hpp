@@ -342,9 +342,12 @@ class ring {
   /// slower with it). Under the block policy only inside the room already
   /// known free: a line past it may be one a subscriber has still to read.
   void prefetch_ahead(std::uint64_t end, std::uint64_t frame_bytes) const noexcept {
-    const std::uint64_t at = end + write_ahead;
     if (frame_bytes > 2 * layout::cache_line) return;
-    if (m_policy == layout::policy_block && at + layout::cache_line > m_limit_cache) return;
+    const std::uint64_t at = end + write_ahead;
+    // The lines asked for end at most two lines past `at`; the room ends
+    // where the slowest subscriber's line starts, a lap on.
+    constexpr std::uint64_t line_mask = ~std::uint64_t{layout::cache_line - 1};
+    if (m_policy == layout::policy_block && at + 2 * layout::cache_line > (m_limit_cache & line_mask)) return;
     prefetch_for_write(m_ring + (at & m_mask));
     prefetch_for_write(m_ring + ((at + layout::cache_line) & m_mask));
   }
