@@ -18,7 +18,8 @@
 //                    eventfds.
 //   throughput       1 publisher -> 1 subscriber process, 64 B and 4 KiB,
 //                    block policy, 1 MiB ring (--ring): try_publish in a loop
-//                    (retry on would_block), try_next + copy out
+//                    (retry on would_block; publisher_options::prefetch_ahead,
+//                    as in every stream case), try_next + copy out
 //                    vs spsc_ring: a minimal shared-memory SPSC ring written
 //                    here (fixed-size slots, copy in, copy out, head/tail
 //                    with acquire/release and cached peer indices), same
@@ -939,7 +940,10 @@ bench::result stream_case(const stream_spec& spec, const bench::plan& p, std::ui
   prefault(ch.backing());
   const bool pinned_parent = spec.pin && bench::pin_to_cpu(0);
   const double slowdown_before = spec.pin ? bench::cpu_slowdown(0, 1) : std::numeric_limits<double>::quiet_NaN();
-  shmbus::byte_publisher pub(ch);
+  // A streaming publisher: it asks for its lines ahead (docs/CHANNELS.md).
+  shmbus::publisher_options publishing;
+  publishing.prefetch_ahead = true;
+  shmbus::byte_publisher pub(ch, publishing);
   ring_writer writer(arena, spec.subscribers);
 
   worker_group workers(arena);

@@ -125,6 +125,7 @@ struct publisher_core {
         subscriber_bells(frames.subscriber_slots()) {
     const process_identity me = process_identity::self();
     frames.set_liveness(&alive, options.liveness_check);
+    frames.set_prefetch_ahead(options.prefetch_ahead);
     // A dead publisher's slot would keep this one claiming by CAS (and
     // joining by heavy barrier) for good: free such slots first.
     frames.reclaim_dead_publishers(&alive);

@@ -145,6 +145,8 @@ class ring {
     m_alive = alive;
     m_liveness_interval_ns = static_cast<std::uint64_t>(interval.count());
   }
+  /// Whether this publisher's claims run prefetch_ahead (off until set).
+  void set_prefetch_ahead(bool on) noexcept { m_prefetch_ahead = on; }
   /// Frees the slots of active subscribers whose process is dead; returns
   /// how many. Safe against a slot being taken again meanwhile (the
   /// reclaim names the incarnation by its generation).
@@ -333,7 +335,8 @@ class ring {
   }
   /// How far ahead of a claim's end prefetch_ahead asks for lines.
   static constexpr std::uint64_t write_ahead = 1024;
-  /// For a frame of up to two lines ending at `end`: asks for the two lines
+  /// Where the publisher asked for it (publisher_options::prefetch_ahead),
+  /// for a frame of up to two lines ending at `end`: asks for the two lines
   /// `write_ahead` bytes further, which later claims will write
   /// (core/prefetch.hpp). A stream of such frames has each of its lines
   /// asked for. Larger frames are left alone: their copy keeps lines in
@@ -342,7 +345,7 @@ class ring {
   /// slower with it). Under the block policy only inside the room already
   /// known free: a line past it may be one a subscriber has still to read.
   void prefetch_ahead(std::uint64_t end, std::uint64_t frame_bytes) const noexcept {
-    if (frame_bytes > 2 * layout::cache_line) return;
+    if (!m_prefetch_ahead || frame_bytes > 2 * layout::cache_line) return;
     const std::uint64_t at = end + write_ahead;
     // The lines asked for end at most two lines past `at`; the room ends
     // where the slowest subscriber's line starts, a lap on.
@@ -415,6 +418,7 @@ class ring {
   std::uint64_t m_salt = 0;
   std::uint32_t m_max_message = 0;
   std::uint32_t m_policy = 0;
+  bool m_prefetch_ahead = false;  // publisher_options::prefetch_ahead
   std::uint32_t m_publisher_slots = 0;
   std::uint32_t m_subscriber_slots = 0;
   // Publisher-side cache of the slowest subscriber (block policy).
