@@ -18,8 +18,7 @@
 //                    eventfds.
 //   throughput       1 publisher -> 1 subscriber process, 64 B and 4 KiB,
 //                    block policy, 1 MiB ring (--ring): try_publish in a loop
-//                    (retry on would_block; publisher_options::prefetch_ahead,
-//                    as in every stream case), try_next + copy out
+//                    (retry on would_block), try_next + copy out
 //                    vs spsc_ring: a minimal shared-memory SPSC ring written
 //                    here (fixed-size slots, copy in, copy out, head/tail
 //                    with acquire/release and cached peer indices), same
@@ -56,6 +55,10 @@
 //                    co_await publish() and co_await next() on a scheduler
 //                    (await_overhead_ns_p50).
 //
+// Every channel publisher takes publisher_options::prefetch_ahead from
+// --ahead (default when_streaming, the library's default; "prefetch_ahead"
+// in each result).
+//
 // Pinning: the parent runs on CPU 0 and its workers on CPU 1 (sched_setaffinity;
 // "pinned" says whether that was granted), restored after each case. Every
 // process populates its page tables for the shared mappings before measuring
@@ -85,7 +88,7 @@
 // allocates when it starts and when a peer connects, not per message.
 //
 // Usage: bench_channel [--json] [--quick] [--case NAME] [--samples PREFIX]
-//                      [--pairs N] [--ring BYTES]
+//                      [--pairs N] [--ring BYTES] [--backoff NS] [--ahead MODE]
 // (--samples files are named <case>_<size>, fanout_<N> for fan-out.)
 // Exits 77 (Meson's "skipped") where the kernel refuses io_uring.
 #include <shmbus/channel.hpp>
@@ -528,10 +531,40 @@ shmbus::channel_options channel_options_for(std::uint64_t ring_bytes) {
 
 struct settings {
   bool quick = false;
+  /// Every channel publisher's publisher_options::prefetch_ahead (--ahead).
+  shmbus::prefetch_ahead_mode ahead = shmbus::prefetch_ahead_mode::when_streaming;
   std::size_t pairs = 0;               ///< 0: each case's default
   std::uint64_t ring_bytes = 1 << 20;  ///< throughput and fan-out rings
   std::uint64_t backoff_ns = 2000;     ///< throughput_backoff's subscriber_options::spin_backoff
 };
+
+constexpr std::pair<std::string_view, shmbus::prefetch_ahead_mode> ahead_modes[] = {
+    {"when_streaming", shmbus::prefetch_ahead_mode::when_streaming},
+    {"always", shmbus::prefetch_ahead_mode::always},
+    {"never", shmbus::prefetch_ahead_mode::never},
+};
+
+std::string_view ahead_name(shmbus::prefetch_ahead_mode m) {
+  for (const auto& [name, mode] : ahead_modes)
+    if (mode == m) return name;
+  return "?";
+}
+
+/// The mode named `name`; false if there is none.
+bool parse_ahead(std::string_view name, shmbus::prefetch_ahead_mode& out) {
+  for (const auto& [n, mode] : ahead_modes)
+    if (n == name) {
+      out = mode;
+      return true;
+    }
+  return false;
+}
+
+shmbus::publisher_options publishing_with(shmbus::prefetch_ahead_mode ahead) {
+  shmbus::publisher_options o;
+  o.prefetch_ahead = ahead;
+  return o;
+}
 
 using bench::add_number;
 using bench::emit_fn;
@@ -687,7 +720,7 @@ void echo_eventfd(int from_parent, int to_parent, std::size_t n) {
   }
 }
 
-bench::result pingpong_one(pp_mode mode, std::size_t size, const bench::plan& p) {
+bench::result pingpong_one(pp_mode mode, std::size_t size, const bench::plan& p, shmbus::prefetch_ahead_mode ahead) {
   affinity_guard affinity;
   shmbus::region arena_region = make_arena(0, 0, size);
   const arena_view arena{arena_region.data()};
@@ -704,7 +737,7 @@ bench::result pingpong_one(pp_mode mode, std::size_t size, const bench::plan& p)
   const double slowdown_before = bench::cpu_slowdown(0, 1);
   scheduler s;
   shmbus::byte_subscriber sub(pong, pp_subscriber_options(mode));  // before the worker can answer
-  shmbus::byte_publisher pub(ping);
+  shmbus::byte_publisher pub(ping, publishing_with(ahead));
 
   worker_group workers(arena);
   const int fds[] = {arena_region.fd(), ping.backing().fd(), pong.backing().fd(), efd_ping.get(), efd_pong.get()};
@@ -712,6 +745,7 @@ bench::result pingpong_one(pp_mode mode, std::size_t size, const bench::plan& p)
                 {fmt::format("arena={}", fds[0]), fmt::format("ping={}", fds[1]), fmt::format("pong={}", fds[2]),
                  fmt::format("efd_ping={}", fds[3]), fmt::format("efd_pong={}", fds[4]),
                  fmt::format("mode={}", mode == pp_mode::spin ? "spin" : "event"), fmt::format("size={}", size),
+                 fmt::format("ahead={}", ahead_name(ahead)),
                  fmt::format("block={}", p.block), fmt::format("warmup={}", p.warmup_blocks),
                  fmt::format("rounds={}", p.warmup_blocks + p.pairs), "cpu=1"},
                 {std::begin(fds), std::end(fds)});
@@ -766,6 +800,7 @@ bench::result pingpong_one(pp_mode mode, std::size_t size, const bench::plan& p)
   r.add_extra("pinned", pinned_parent && workers_pinned(arena, 1));
   r.add_extra("pairs", static_cast<std::int64_t>(p.pairs));
   r.add_extra("block", static_cast<std::int64_t>(p.block));
+  r.add_extra("prefetch_ahead", ahead_name(ahead));
   return r;
 }
 
@@ -931,7 +966,8 @@ std::string stream_sides(const stream_spec& spec) {
   return s;
 }
 
-bench::result stream_case(const stream_spec& spec, const bench::plan& p, std::uint64_t ring_bytes) {
+bench::result stream_case(const stream_spec& spec, const bench::plan& p, std::uint64_t ring_bytes,
+                          shmbus::prefetch_ahead_mode ahead) {
   affinity_guard affinity;
   shmbus::region arena_region = make_arena(p.block, ring_bytes, spec.size);
   const arena_view arena{arena_region.data()};
@@ -940,10 +976,7 @@ bench::result stream_case(const stream_spec& spec, const bench::plan& p, std::ui
   prefault(ch.backing());
   const bool pinned_parent = spec.pin && bench::pin_to_cpu(0);
   const double slowdown_before = spec.pin ? bench::cpu_slowdown(0, 1) : std::numeric_limits<double>::quiet_NaN();
-  // A streaming publisher: it asks for its lines ahead (docs/CHANNELS.md).
-  shmbus::publisher_options publishing;
-  publishing.prefetch_ahead = true;
-  shmbus::byte_publisher pub(ch, publishing);
+  shmbus::byte_publisher pub(ch, publishing_with(ahead));
   ring_writer writer(arena, spec.subscribers);
 
   worker_group workers(arena);
@@ -1064,6 +1097,7 @@ bench::result stream_case(const stream_spec& spec, const bench::plan& p, std::ui
     add_number(r, "ratio_vs_ring_backoff", rate / rb, 3);
   }
   r.add_extra("ring_bytes", static_cast<std::int64_t>(ring_bytes));
+  r.add_extra("prefetch_ahead", ahead_name(ahead));
   add_alloc_fields(r, tally, arena, spec.subscribers);
   add_cpu_wait_fields(r, parent_wait, arena, spec.subscribers);
   bench::add_slowdown(r, slowdown_before, slowdown_after);
@@ -1110,7 +1144,9 @@ void pingpong_worker_run(const worker_args& a, const arena_view& arena) {
   const shmbus::unique_fd efd_pong{static_cast<int>(a.number("efd_pong"))};
   scheduler s;
   shmbus::byte_subscriber sub(ping, pp_subscriber_options(mode));
-  shmbus::byte_publisher pub(pong);
+  shmbus::prefetch_ahead_mode ahead{};
+  if (!parse_ahead(a.text("ahead"), ahead)) throw std::runtime_error("worker: bad ahead=");
+  shmbus::byte_publisher pub(pong, publishing_with(ahead));
   shared(arena.control().ready.value).fetch_add(1, std::memory_order_acq_rel);
   const std::int64_t wait0 = bench::cpu_wait_ns();
 
@@ -1219,7 +1255,7 @@ constexpr std::size_t pingpong_sizes[] = {8, 64, 1024, 4096};
 void pingpong_spin(const settings& s, const emit_fn& emit) {
   const bench::plan p = plan_for(s, {1, 10, 5000}, {1, 2, 50});
   for (std::size_t size : pingpong_sizes) {
-    bench::result r = pingpong_one(pp_mode::spin, size, p);
+    bench::result r = pingpong_one(pp_mode::spin, size, p, s.ahead);
     emit(r);
   }
 }
@@ -1227,7 +1263,7 @@ void pingpong_spin(const settings& s, const emit_fn& emit) {
 void pingpong_event(const settings& s, const emit_fn& emit) {
   const bench::plan p = plan_for(s, {1, 10, 1000}, {1, 2, 20});
   for (std::size_t size : pingpong_sizes) {
-    bench::result r = pingpong_one(pp_mode::event, size, p);
+    bench::result r = pingpong_one(pp_mode::event, size, p, s.ahead);
     emit(r);
   }
 }
@@ -1244,7 +1280,7 @@ void stream_64_and_4096(const settings& s, const emit_fn& emit, stream_spec spec
   for (std::size_t size : {std::size_t{64}, std::size_t{4096}}) {
     spec.size = size;
     spec.per_sample = per_sample_for(s, size);
-    bench::result r = stream_case(spec, p, s.ring_bytes);
+    bench::result r = stream_case(spec, p, s.ring_bytes, s.ahead);
     emit(r);
   }
 }
@@ -1261,7 +1297,7 @@ void throughput_zero_copy(const settings& s, const emit_fn& emit) {
   spec.kind = read_kind::zero_copy;
   spec.copy_side = true;
   spec.per_sample = per_sample_for(s, spec.size);
-  bench::result r = stream_case(spec, p, s.ring_bytes);
+  bench::result r = stream_case(spec, p, s.ring_bytes, s.ahead);
   emit(r);
 }
 
@@ -1277,7 +1313,7 @@ void fanout(const settings& s, const emit_fn& emit) {
     spec.size = 64;
     spec.subscribers = n;
     spec.per_sample = per_sample_for(s, spec.size);
-    bench::result r = stream_case(spec, p, s.ring_bytes);
+    bench::result r = stream_case(spec, p, s.ring_bytes, s.ahead);
     emit(r);
   }
 }
@@ -1312,12 +1348,13 @@ task<void> await_samples(shmbus::byte_publisher& pub, shmbus::byte_subscriber& s
 /// the cross-core traffic that makes the two-process cases noisy here.
 /// Two more sides take the same message through a loan and through the
 /// awaitables.
-bench::result op_cost_one(std::size_t size, const bench::plan& p, std::size_t per_sample, std::uint64_t ring_bytes) {
+bench::result op_cost_one(std::size_t size, const bench::plan& p, std::size_t per_sample, std::uint64_t ring_bytes,
+                          shmbus::prefetch_ahead_mode ahead) {
   affinity_guard affinity;
   const bool pinned = bench::pin_to_cpu(0);
   shmbus::channel ch = shmbus::channel::create_memfd("bench-op-cost", channel_options_for(ring_bytes), {});
   prefault(ch.backing());
-  shmbus::byte_publisher pub(ch);
+  shmbus::byte_publisher pub(ch, publishing_with(ahead));
   shmbus::byte_subscriber sub(ch);
   // Line-aligned buffers: how fast memcpy is here depends on where source
   // and destination sit within their cache lines, and a heap vector's
@@ -1413,6 +1450,7 @@ bench::result op_cost_one(std::size_t size, const bench::plan& p, std::size_t pe
   add_number(r, "await_overhead_ns_p50", awaited.p50 - r.base.p50, 1);
   r.add_extra("size", static_cast<std::int64_t>(size));
   r.add_extra("ring_bytes", static_cast<std::int64_t>(ring_bytes));
+  r.add_extra("prefetch_ahead", ahead_name(ahead));
   add_number(r, "allocs_per_msg", tally.per_message(), 6);
   bench::add_cpu_wait(r, "cpu_wait_ms", parent_wait);
   r.add_extra("pinned", pinned);
@@ -1423,7 +1461,7 @@ bench::result op_cost_one(std::size_t size, const bench::plan& p, std::size_t pe
 void op_cost(const settings& s, const emit_fn& emit) {
   const bench::plan p = plan_for(s, {1, 10, 200}, {1, 2, 10});
   for (std::size_t size : pingpong_sizes) {
-    bench::result r = op_cost_one(size, p, s.quick ? 16 : 256, s.ring_bytes);
+    bench::result r = op_cost_one(size, p, s.quick ? 16 : 256, s.ring_bytes, s.ahead);
     emit(r);
   }
 }
@@ -1454,12 +1492,17 @@ int main(int argc, char** argv) {
       bench::parse_options(argc, argv, names, "bench_channel",
                            {{"pairs", "N  measured pairs (rounds) of blocks per case (default 10)"},
                             {"ring", "BYTES  ring of the throughput and fan-out cases (default 1048576)"},
-                            {"backoff", "NS  throughput_backoff's spin_backoff in ns (default 2000)"}});
+                            {"backoff", "NS  throughput_backoff's spin_backoff in ns (default 2000)"},
+                            {"ahead", "MODE  publishers' prefetch_ahead: when_streaming (default), always, never"}});
   settings s;
   s.quick = opts.quick;
   s.pairs = bench::parse_count(opts, "pairs", 0);
   s.ring_bytes = bench::parse_count(opts, "ring", s.ring_bytes);
   s.backoff_ns = bench::parse_count(opts, "backoff", s.backoff_ns);
+  if (auto it = opts.values.find("ahead"); it != opts.values.end() && !parse_ahead(it->second, s.ahead)) {
+    std::fprintf(stderr, "--ahead: when_streaming, always or never\n");
+    return 2;
+  }
   if (s.backoff_ns == 0 || s.backoff_ns > 1'000'000) {
     std::fprintf(stderr, "--backoff: 1 to 1000000 ns\n");
     return 2;

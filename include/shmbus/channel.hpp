@@ -174,6 +174,18 @@ enum class publish_status : std::uint8_t {
   too_large,    ///< longer than the channel's max_message
 };
 
+/// When a publisher asks for the cache lines ahead of its claims
+/// (publisher_options::prefetch_ahead).
+enum class prefetch_ahead_mode : std::uint8_t {
+  /// While some subscriber has two or more messages of the channel not yet
+  /// released (a stream, not a ping-pong or a request and its reply), as
+  /// looked at every 256 KiB of the ring (four times a lap in a smaller
+  /// one): on at the first look that finds it, off after four that don't.
+  when_streaming,
+  always,
+  never,
+};
+
 struct publisher_options {
   /// While held back, how often to check whether the subscribers holding
   /// us back are still alive (dead ones' slots are reclaimed). Also the
@@ -184,14 +196,14 @@ struct publisher_options {
   /// the ring takes no page fault per page (1-5 µs each). Channels larger
   /// than 64 MiB are never prefaulted (they would become resident at once).
   bool prefault = true;
-  /// For a publisher that streams small messages (payloads up to 96
-  /// bytes): each claim also asks for the cache lines a kilobyte past it,
-  /// which later claims will write, so that they are on their way from
-  /// the subscriber's core before the stores reach them. Where the two
-  /// cores are far apart (a line crossing in 200 ns or more) a 64-byte
-  /// stream runs 2-3x faster; a message nobody streams behind pays 5-15 ns
-  /// more latency (docs/CHANNELS.md, "Asking a kilobyte ahead").
-  bool prefetch_ahead = false;
+  /// For small messages (payloads up to 96 bytes): whether each claim also
+  /// asks for the cache lines a kilobyte past it, which later claims will
+  /// write, so that they are on their way from the subscriber's core
+  /// before the stores reach them. Where the two cores are far apart (a
+  /// line crossing in 200 ns or more) a 64-byte stream runs 2-3x faster; a
+  /// message nobody streams behind pays 5-15 ns more latency. By default
+  /// only while streaming (docs/CHANNELS.md, "Asking a kilobyte ahead").
+  prefetch_ahead_mode prefetch_ahead = prefetch_ahead_mode::when_streaming;
 };
 
 class byte_publisher;

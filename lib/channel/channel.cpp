@@ -81,6 +81,15 @@ scheduler& current_scheduler(const char* operation, const std::string& object) {
   return *s;
 }
 
+ahead_mode ahead_mode_of(prefetch_ahead_mode mode) noexcept {
+  switch (mode) {
+    case prefetch_ahead_mode::always: return ahead_mode::always;
+    case prefetch_ahead_mode::never: return ahead_mode::never;
+    case prefetch_ahead_mode::when_streaming: break;
+  }
+  return ahead_mode::when_streaming;
+}
+
 doorbell_cache::owner owner_of(const ring::slot_owner& o) noexcept {
   return {o.incarnation, process_identity(o.pid, o.start_time), o.doorbell_id};
 }
@@ -125,7 +134,7 @@ struct publisher_core {
         subscriber_bells(frames.subscriber_slots()) {
     const process_identity me = process_identity::self();
     frames.set_liveness(&alive, options.liveness_check);
-    frames.set_prefetch_ahead(options.prefetch_ahead);
+    frames.set_prefetch_ahead(ahead_mode_of(options.prefetch_ahead));
     // A dead publisher's slot would keep this one claiming by CAS (and
     // joining by heavy barrier) for good: free such slots first.
     frames.reclaim_dead_publishers(&alive);

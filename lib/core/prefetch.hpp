@@ -8,9 +8,9 @@
 // A write prefetch (PREFETCHW) asks as soon as the address is known, and the
 // claim runs while the line travels.
 //
-// Writing ahead (for a publisher that asks: publisher_options::
-// prefetch_ahead): the lines a claim about a kilobyte later will write, in
-// streams of frames up to two lines. A stream's lines were last held by
+// Writing ahead (while the publisher streams, or always if it asks:
+// publisher_options::prefetch_ahead): the lines a claim about a kilobyte
+// later will write, in streams of frames up to two lines. A stream's lines were last held by
 // the subscriber's core (it read them a lap ago), and a store waits in the
 // store queue until its line is back: the queue holds the stores of only a
 // few frames, so a publisher that asks for each line at its own store has

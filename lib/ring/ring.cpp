@@ -13,6 +13,7 @@
 #include <sys/random.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <bit>
 #include <chrono>
@@ -172,6 +173,10 @@ ring ring::attach(std::span<std::byte> region, std::string_view object, const ty
   r.m_capacity = capacity;
   r.m_mask = capacity - 1;
   r.m_segment_shift = layout::resync_segment_shift(capacity);
+  // Every 256 KiB, or four times a lap in a smaller ring; never more often
+  // than segments end, so that the test rides on after_segment_boundary.
+  const auto ring_shift = static_cast<unsigned>(std::countr_zero(capacity));
+  r.m_streaming_check_shift = std::max(r.m_segment_shift, std::min(18u, ring_shift - 2));
   r.m_salt = salt;
   r.m_max_message = max_message;
   r.m_policy = policy;
@@ -606,6 +611,35 @@ claim_status ring::publish_copy_claimed(std::span<const std::byte> bytes, std::u
   if (!bytes.empty()) std::memcpy(c.payload, bytes.data(), bytes.size());
   commit(c, publisher_index);
   return st;
+}
+
+void ring::after_segment_boundary(std::uint64_t claim_position, std::uint64_t frame_position, std::uint64_t end,
+                                  std::uint64_t sequence) noexcept {
+  note_resync_hints(claim_position, frame_position, end);
+  if (!m_ahead_when_streaming || !passes_boundary(claim_position, end, m_streaming_check_shift)) return;
+  // On at the first check that finds a stream, off only after several in
+  // a row that find none: a subscriber only a little behind (a slowed
+  // publisher's, a few frames in flight) may be caught up at one check.
+  if (subscribers_stream_behind(sequence)) {
+    m_prefetch_ahead = true;
+    m_checks_without_stream = 0;
+  } else if (++m_checks_without_stream >= checks_to_stop_ahead) {
+    m_prefetch_ahead = false;
+  }
+}
+
+bool ring::subscribers_stream_behind(std::uint64_t sequence) const noexcept {
+  const std::uint64_t active = shared(m_header->active_subscribers).load(std::memory_order_relaxed);
+  for (std::uint64_t bits = active; bits != 0; bits &= bits - 1) {
+    const auto i = static_cast<std::uint32_t>(std::countr_zero(bits));
+    if (i >= m_subscriber_slots) break;  // a stray bit in shared memory: ignore it
+    // The sequence the subscriber expects next, as it last released. One
+    // that does not know it yet (ring_cursor::unknown_sequence), or a value
+    // past ours (garbage), says nothing.
+    const std::uint64_t next = shared(m_subscribers[i].sequence).load(std::memory_order_relaxed);
+    if (next < sequence && sequence - next >= 2) return true;
+  }
+  return false;
 }
 
 void ring::note_resync_hints(std::uint64_t claim_position, std::uint64_t frame_position, std::uint64_t end) noexcept {

@@ -103,6 +103,14 @@ std::size_t ring_region_size(const ring_options& options, std::string_view objec
 void ring_initialize(std::span<std::byte> region, const ring_options& options, std::string_view object);
 
 enum class claim_status : std::uint8_t { ok, would_block, too_large };
+
+/// When a publisher's claims ask for the lines ahead of them
+/// (ring::prefetch_ahead; publisher_options::prefetch_ahead).
+enum class ahead_mode : std::uint8_t {
+  never,
+  always,
+  when_streaming,  ///< while a subscriber has more than one message unreleased
+};
 enum class read_status : std::uint8_t { ok, empty, lagged, corrupt };
 
 /// A reader's place in the ring.
@@ -145,8 +153,14 @@ class ring {
     m_alive = alive;
     m_liveness_interval_ns = static_cast<std::uint64_t>(interval.count());
   }
-  /// Whether this publisher's claims run prefetch_ahead (off until set).
-  void set_prefetch_ahead(bool on) noexcept { m_prefetch_ahead = on; }
+  /// When this publisher's claims run prefetch_ahead (never until set).
+  /// when_streaming starts without it; see subscribers_stream_behind.
+  void set_prefetch_ahead(ahead_mode mode) noexcept {
+    m_prefetch_ahead = mode == ahead_mode::always;
+    m_ahead_when_streaming = mode == ahead_mode::when_streaming;
+  }
+  /// Whether this publisher's claims now run prefetch_ahead (for tests).
+  bool prefetching_ahead() const noexcept { return m_prefetch_ahead; }
   /// Frees the slots of active subscribers whose process is dead; returns
   /// how many. Safe against a slot being taken again meanwhile (the
   /// reclaim names the incarnation by its generation).
@@ -335,8 +349,9 @@ class ring {
   }
   /// How far ahead of a claim's end prefetch_ahead asks for lines.
   static constexpr std::uint64_t write_ahead = 1024;
-  /// Where the publisher asked for it (publisher_options::prefetch_ahead),
-  /// for a frame of up to two lines ending at `end`: asks for the two lines
+  /// While the publisher wants it (set_prefetch_ahead: always, or while
+  /// subscribers_stream_behind last said so), for a frame of up to two
+  /// lines ending at `end`: asks for the two lines
   /// `write_ahead` bytes further, which later claims will write
   /// (core/prefetch.hpp). A stream of such frames has each of its lines
   /// asked for. Larger frames are left alone: their copy keeps lines in
@@ -356,12 +371,34 @@ class ring {
   }
   /// After a commit, off the path a waiting subscriber is on: true if the
   /// claim [start, end) starts on a resync segment boundary or passes one,
-  /// and so must record hints (note_resync_hints). Its first and last bytes
-  /// lie in different segments, counting the byte before its start: one
-  /// shift and compare.
+  /// and so must record hints (after_segment_boundary). Its first and last
+  /// bytes lie in different segments, counting the byte before its start:
+  /// one shift and compare.
   bool passes_segment_boundary(std::uint64_t start, std::uint64_t end) const noexcept {
-    return ((start - 1) >> m_segment_shift) != ((end - 1) >> m_segment_shift);
+    return passes_boundary(start, end, m_segment_shift);
   }
+  static bool passes_boundary(std::uint64_t start, std::uint64_t end, unsigned shift) noexcept {
+    return ((start - 1) >> shift) != ((end - 1) >> shift);
+  }
+  /// A commit whose claim passed a resync segment boundary: records the
+  /// hints (note_resync_hints) and, where the claim also passed a multiple
+  /// of 2^m_streaming_check_shift, decides again whether to write ahead
+  /// (ahead_mode::when_streaming): on at once, off after
+  /// checks_to_stop_ahead checks in a row. Out of line: it runs once a
+  /// segment.
+  void after_segment_boundary(std::uint64_t claim_position, std::uint64_t frame_position, std::uint64_t end,
+                              std::uint64_t sequence) noexcept;
+  /// ahead_mode::when_streaming's test, after committing data frame
+  /// `sequence`: true if some active subscriber has not yet released two
+  /// or more of the frames claimed before it. A subscriber that answers
+  /// each message before the next one is sent (a ping-pong, a request and
+  /// its reply) has at most one: the one it read last, which it releases
+  /// when it next finds nothing (channel.cpp). One behind a stream has
+  /// as many as are in flight between the two cores, and one that reads in
+  /// batches up to a quarter ring's worth. A read of each active
+  /// subscriber's slot, most likely a line from another core: hence only
+  /// every 2^m_streaming_check_shift bytes of the ring.
+  bool subscribers_stream_behind(std::uint64_t sequence) const noexcept;
   void commit_as(const claim& c, std::uint32_t publisher_index, std::uint16_t type) noexcept;
   /// Steps 1-4 for a lone publisher (step 4's plain store) whose frame fits
   /// before the end of the ring and within the cached room, with what they
@@ -418,7 +455,13 @@ class ring {
   std::uint64_t m_salt = 0;
   std::uint32_t m_max_message = 0;
   std::uint32_t m_policy = 0;
-  bool m_prefetch_ahead = false;  // publisher_options::prefetch_ahead
+  // What claims do now (prefetch_ahead), and whether commits decide it
+  // again every 2^m_streaming_check_shift bytes (ahead_mode::when_streaming).
+  bool m_prefetch_ahead = false;
+  bool m_ahead_when_streaming = false;
+  unsigned m_streaming_check_shift = 18;
+  std::uint32_t m_checks_without_stream = 0;
+  static constexpr std::uint32_t checks_to_stop_ahead = 4;
   std::uint32_t m_publisher_slots = 0;
   std::uint32_t m_subscriber_slots = 0;
   // Publisher-side cache of the slowest subscriber (block policy).
@@ -732,7 +775,7 @@ inline void ring::commit_as(const claim& c, std::uint32_t publisher_index, std::
   if (type == layout::frame_data) count_published(me);
   const std::uint64_t end = c.frame_position + layout::frame_size(c.length);
   if (passes_segment_boundary(c.claim_position, end)) [[unlikely]]
-    note_resync_hints(c.claim_position, c.frame_position, end);
+    after_segment_boundary(c.claim_position, c.frame_position, end, c.sequence);
 }
 
 inline claim_status ring::publish_copy(std::span<const std::byte> bytes, std::uint32_t publisher_index) noexcept {
@@ -758,7 +801,7 @@ inline claim_status ring::publish_copy(std::span<const std::byte> bytes, std::ui
     ring_detail::shared(me.intent_position).store(~std::uint64_t{0}, std::memory_order_release);
     count_published(me);
     if (hints) [[unlikely]]
-      note_resync_hints(c.frame_position, c.frame_position, end);
+      after_segment_boundary(c.frame_position, c.frame_position, end, c.sequence);
     return claim_status::ok;
   }
   return publish_copy_claimed(bytes, publisher_index);

@@ -483,11 +483,14 @@ TEST_CASE("slots run out with a clear error, and are given back", "[channel]") {
 TEST_CASE("spin with a backoff: messages found between looks, and a park when the spin ends", "[channel]") {
   SECTION("a publisher thread keeps a small ring full; the subscriber spins 10 s with 1 us between looks") {
     // It catches up, waits a gap, reads what came meanwhile (the ring
-    // holds about 100 ticks, so the publisher is held back too). Also with
-    // the publisher asking for lines ahead, which under the block policy
-    // it must keep inside the room it knows free: the ring is only four
-    // times the kilobyte it looks ahead.
-    const bool ahead = GENERATE(false, true);
+    // holds about 100 ticks, so the publisher is held back too). With the
+    // publisher asking for lines ahead always, only while it finds the
+    // subscriber behind (every kilobyte in this ring), and never; under
+    // the block policy it must keep inside the room it knows free: the
+    // ring is only four times the kilobyte it looks ahead.
+    using shmbus::prefetch_ahead_mode;
+    const auto ahead =
+        GENERATE(prefetch_ahead_mode::never, prefetch_ahead_mode::always, prefetch_ahead_mode::when_streaming);
     CAPTURE(ahead);
     constexpr std::uint64_t count = 20'000;
     shmbus::channel_options o;

@@ -657,6 +657,77 @@ TEST_CASE("a publisher stops fencing its commits after 64 with nobody parked, an
   CHECK(header_word(ch.view, &layout::channel_header::active_publishers) == 0);
 }
 
+TEST_CASE("a publisher asks for lines ahead while a subscriber has two or more messages unreleased", "[ring]") {
+  // 4 KiB ring: the publisher looks every kilobyte, at 16 frames of 64 B.
+  test_channel ch(small_ring());
+  ring pub_view = ch.view;
+  ring_cursor cursor;
+  const auto sub = static_cast<std::uint32_t>(ch.view.register_subscriber(::getpid(), 1, false, cursor));
+  const auto pub = static_cast<std::uint32_t>(pub_view.register_publisher(::getpid(), 1));
+  // Both commit paths decide: commit_as (a claim, as a loan) and
+  // publish_copy's own (try_publish).
+  const publish_path path = GENERATE(publish_path::claim_and_commit, publish_path::copy);
+  CAPTURE(path == publish_path::copy);
+  int sent = 0;
+  auto send = [&] { REQUIRE(publish(pub_view, pub, message(sent++, 8), path) == claim_status::ok); };
+  std::string got;
+  // A ping-pong as the channel's subscriber releases: the message it
+  // answered stays unreleased until its next look finds nothing. So at
+  // every claim one message is unreleased, never two.
+  auto ping_pong = [&](int messages) {
+    for (int i = 0; i < messages; ++i) {
+      const ring_cursor before = cursor;
+      send();
+      REQUIRE(receive(ch.view, cursor, got) == read_status::ok);
+      CHECK(got == message(sent - 1, 8));
+      ch.view.publish_position(sub, before);
+    }
+  };
+
+  SECTION("when_streaming: on behind a stream, off again after four checks in a ping-pong") {
+    pub_view.set_prefetch_ahead(shmbus::detail::ahead_mode::when_streaming);
+    CHECK_FALSE(pub_view.prefetching_ahead());
+    ping_pong(40);  // 2.5 KiB: past two checks
+    CHECK_FALSE(pub_view.prefetching_ahead());
+    // Now 20 messages (1.25 KiB, past a check) that nobody reads yet.
+    for (int i = 0; i < 20; ++i) send();
+    CHECK(pub_view.prefetching_ahead());
+    // The subscriber catches up and releases all, then the ping-pong
+    // again: three checks that find no stream leave it on (the frames at
+    // 4, 5 and 6 KiB), the fourth (7 KiB) turns it off.
+    while (receive(ch.view, cursor, got) == read_status::ok) {
+    }
+    ch.view.publish_position(sub, cursor);
+    REQUIRE(cursor.position == 3840);
+    ping_pong(48);
+    CHECK(pub_view.prefetching_ahead());
+    ping_pong(16);
+    CHECK_FALSE(pub_view.prefetching_ahead());
+  }
+  SECTION("always and never do not look") {
+    const bool always = GENERATE(true, false);
+    pub_view.set_prefetch_ahead(always ? shmbus::detail::ahead_mode::always : shmbus::detail::ahead_mode::never);
+    CHECK(pub_view.prefetching_ahead() == always);
+    ping_pong(40);
+    CHECK(pub_view.prefetching_ahead() == always);
+    for (int i = 0; i < 20; ++i) send();
+    CHECK(pub_view.prefetching_ahead() == always);
+  }
+  SECTION("a subscriber that does not know its next sequence says nothing") {
+    // One that starts at the oldest frame of a ring that has wrapped:
+    // ring_cursor::unknown_sequence until it first releases.
+    pub_view.set_prefetch_ahead(shmbus::detail::ahead_mode::when_streaming);
+    ping_pong(80);  // 5 KiB: past the end of the ring
+    ch.view.unregister_subscriber(sub);
+    ring_cursor oldest;
+    const auto late = static_cast<std::uint32_t>(ch.view.register_subscriber(::getpid(), 1, true, oldest));
+    REQUIRE(oldest.sequence == ring_cursor::unknown_sequence);
+    for (int i = 0; i < 20; ++i) send();
+    CHECK_FALSE(pub_view.prefetching_ahead());
+    ch.view.unregister_subscriber(late);
+  }
+}
+
 TEST_CASE("threads: publishers that come and go beside one that publishes alone lose and reorder nothing",
           "[ring][threads]") {
   // One publisher publishes throughout; two others register, publish a
