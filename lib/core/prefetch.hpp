@@ -10,13 +10,13 @@
 //
 // Writing ahead (while the publisher streams, or always if it asks:
 // publisher_options::prefetch_ahead): the lines a claim about a kilobyte
-// later will write, in streams of frames up to two lines. A stream's lines were last held by
-// the subscriber's core (it read them a lap ago), and a store waits in the
-// store queue until its line is back: the queue holds the stores of only a
-// few frames, so a publisher that asks for each line at its own store has
-// only a few lines in flight, and on a host that places the two cores far
-// apart it spends most of its time waiting. Asked for a kilobyte early,
-// the lines arrive before the stores do (docs/BENCHMARKS.md, "The
+// later will write, in streams of frames up to two lines. A stream's lines
+// were last held by the subscriber's core (it read them a lap ago), and a
+// store waits in the store queue until its line is back: the queue holds the
+// stores of only a few frames, so a publisher that asks for each line at its
+// own store has only a few lines in flight, and on a host that places the two
+// cores far apart it spends most of its time waiting. Asked for a kilobyte
+// early, the lines arrive before the stores do (docs/BENCHMARKS.md, "The
 // fourteenth round").
 //
 // Reading: the second line of a two-line frame. The reader can ask for it

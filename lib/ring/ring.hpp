@@ -350,15 +350,15 @@ class ring {
   /// How far ahead of a claim's end prefetch_ahead asks for lines.
   static constexpr std::uint64_t write_ahead = 1024;
   /// While the publisher wants it (set_prefetch_ahead: always, or while
-  /// subscribers_stream_behind last said so), for a frame of up to two
-  /// lines ending at `end`: asks for the two lines
-  /// `write_ahead` bytes further, which later claims will write
-  /// (core/prefetch.hpp). A stream of such frames has each of its lines
-  /// asked for. Larger frames are left alone: their copy keeps lines in
-  /// flight by itself, and string stores that write whole lines without
-  /// reading them lose that when the line is fetched first (4 KiB measured
-  /// slower with it). Under the block policy only inside the room already
-  /// known free: a line past it may be one a subscriber has still to read.
+  /// after_segment_boundary finds a stream), for a frame of up to two lines
+  /// ending at `end`: asks for the two lines `write_ahead` bytes further, which
+  /// later claims will write (core/prefetch.hpp). A stream of such frames has
+  /// each of its lines asked for. Larger frames are left alone: their copy
+  /// keeps lines in flight by itself, and string stores that write whole lines
+  /// without reading them lose that when the line is fetched first (4 KiB
+  /// measured slower with it). Under the block policy only inside the room
+  /// already known free: a line past it may be one a subscriber has still to
+  /// read.
   void prefetch_ahead(std::uint64_t end, std::uint64_t frame_bytes) const noexcept {
     if (!m_prefetch_ahead || frame_bytes > 2 * layout::cache_line) return;
     const std::uint64_t at = end + write_ahead;
