@@ -783,19 +783,24 @@ inline claim_status ring::publish_copy(std::span<const std::byte> bytes, std::ui
   const auto length = static_cast<std::uint32_t>(bytes.size());
   claim c;
   if (m_lone_claims && try_lone_claim(length, publisher_index, c)) [[likely]] {
-    // Step 5 as commit_as takes it for a claim without padding, with what it
-    // reads from this object loaded before the copy, which would otherwise
-    // make the compiler load each member again after it.
+    // Step 5 as commit_as takes it for a claim without padding. What the
+    // commit stores (its word, its fence) is read from this object before
+    // the copy: read after the call to memcpy, those loads stood in front
+    // of the commit, and a polled 64 B stream ran a fifth slower. The
+    // segment test, which runs after the commit, is made after the copy:
+    // held across the call, its values were spilled to the stack, and a
+    // streaming publisher waits on its stores (docs/BENCHMARKS.md, the
+    // fourteenth and fifteenth rounds).
     layout::publisher_slot& me = m_publishers[publisher_index];
     const std::uint64_t word = c.frame_position ^ m_salt;
     const bool fenced = !m_unfenced;
     const std::uint64_t end = c.frame_position + layout::frame_size(length);
-    const bool hints = passes_segment_boundary(c.frame_position, end);
     auto& f = *reinterpret_cast<layout::frame_header*>(c.payload - layout::frame_header_size);
     // The payload first, then the header and the commit word together: a
     // caught-up subscriber polls the header's line, and takes it from us
     // once if we write that line once, just before the commit.
     if (length != 0) std::memcpy(c.payload, bytes.data(), length);
+    const bool hints = passes_segment_boundary(c.frame_position, end);
     write_frame_header(f, length, layout::frame_data, c.sequence, publisher_index);
     store_commit_word(f, word, fenced);
     ring_detail::shared(me.intent_position).store(~std::uint64_t{0}, std::memory_order_release);
