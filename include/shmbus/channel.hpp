@@ -172,6 +172,10 @@ enum class publish_status : std::uint8_t {
   ok,           ///< committed
   would_block,  ///< block policy: no room until the slowest subscriber reads
   too_large,    ///< longer than the channel's max_message
+  /// the channel's claim word breaks the layout (some process wrote it
+  /// without following docs/LAYOUT.md): nothing was published, and nothing
+  /// will be until the channel is made again
+  corrupt,
 };
 
 /// When a publisher asks for the cache lines ahead of its claims
@@ -273,7 +277,8 @@ class SHMBUS_API byte_publisher {
   /// Copies `bytes` into the ring and commits. Never waits, never throws.
   publish_status try_publish(std::span<const std::byte> bytes) noexcept;
   /// Same, waiting for room under the block policy. Resumes at once when
-  /// there is room. Throws errc::bad_size (too long), errc::cancelled.
+  /// there is room. Throws errc::bad_size (too long), errc::region_corrupt
+  /// (publish_status::corrupt), errc::cancelled.
   [[nodiscard]] auto publish(std::span<const std::byte> bytes) noexcept {
     struct copy_and_commit {
       std::span<const std::byte> m_bytes;
@@ -288,7 +293,8 @@ class SHMBUS_API byte_publisher {
                                                     copy_and_commit{bytes});
   }
   /// Lends `length` bytes of the ring; empty when there is no room now (or
-  /// `length` is too large: see max_message()). Never throws.
+  /// `length` is too large: see max_message(); or the channel is corrupt,
+  /// which try_publish and loan() tell apart). Never throws.
   byte_loan try_loan(std::uint32_t length) noexcept;
   /// Lends `length` bytes, waiting for room. Throws like publish().
   [[nodiscard]] auto loan(std::uint32_t length) noexcept {
@@ -317,6 +323,9 @@ class SHMBUS_API byte_publisher {
 };
 
 namespace detail {
+
+/// What publish() and loan() say when the claim word breaks the layout.
+inline constexpr std::string_view corrupt_claim_word = "the claim word is not at a frame boundary";
 
 /// A Finish that can also do the whole operation in one call when there is
 /// room (publish: claim, copy and commit without leaving the library).
@@ -351,6 +360,8 @@ decltype(auto) claim_awaitable<Finish>::await_resume() {
     throw error(errc::bad_size, "publish", m_publisher->get_channel().name(),
                 "message of " + std::to_string(m_length) + " bytes is longer than the channel's maximum of " +
                     std::to_string(m_publisher->max_message()));
+  else if (m_status == publish_status::corrupt)
+    throw error(errc::region_corrupt, "publish", m_publisher->get_channel().name(), corrupt_claim_word);
   return m_finish(*m_publisher, m_claim);
 }
 

@@ -463,9 +463,10 @@ publish_status status_of(detail::claim_status st) noexcept {
   switch (st) {
     case detail::claim_status::ok: return publish_status::ok;
     case detail::claim_status::would_block: return publish_status::would_block;
-    case detail::claim_status::too_large: break;
+    case detail::claim_status::too_large: return publish_status::too_large;
+    case detail::claim_status::corrupt: break;
   }
-  return publish_status::too_large;
+  return publish_status::corrupt;
 }
 
 }  // namespace
@@ -509,6 +510,8 @@ task<void> byte_publisher::claim_when_room(detail::frame_cache&, byte_publisher&
       core.frames.unpark_publisher(core.index);
       if (st == publish_status::too_large)
         throw error(errc::bad_size, "publish", core.channel->name, "message longer than the channel's maximum");
+      if (st == publish_status::corrupt)
+        throw error(errc::region_corrupt, "publish", core.channel->name, detail::corrupt_claim_word);
       co_return;
     }
     // Woken by a subscriber that freed room, or after liveness_check to let

@@ -102,7 +102,8 @@ std::size_t ring_region_size(const ring_options& options, std::string_view objec
 /// The magic is stored last (release).
 void ring_initialize(std::span<std::byte> region, const ring_options& options, std::string_view object);
 
-enum class claim_status : std::uint8_t { ok, would_block, too_large };
+/// corrupt: the claim word breaks the layout (section 9); nothing was claimed.
+enum class claim_status : std::uint8_t { ok, would_block, too_large, corrupt };
 
 /// When a publisher's claims ask for the lines ahead of them
 /// (ring::prefetch_ahead; publisher_options::prefetch_ahead).
@@ -691,7 +692,10 @@ inline bool ring::try_lone_claim(std::uint32_t length, std::uint32_t publisher_i
   const bool room = m_policy != layout::policy_block ||
                     (ring_detail::shared(h.active_subscribers).load(std::memory_order_acquire) == m_active_cache &&
                      end <= m_limit_cache);
-  if (frame_bytes > m_capacity - offset || !room) return false;
+  // A claim word off a frame boundary was written by a process that does
+  // not follow the layout: try_claim_general reports it.
+  const bool misaligned = (position & (layout::frame_alignment - 1)) != 0;
+  if (frame_bytes > m_capacity - offset || !room || misaligned) return false;
   prefetch_one_line_frame(base, offset, frame_bytes);
   prefetch_ahead(end, frame_bytes);
   ring_detail::shared(me.intent_length).store(frame_bytes, std::memory_order_relaxed);
@@ -734,6 +738,14 @@ inline claim_status ring::try_claim_general(std::uint32_t length, std::uint32_t 
   prefetch_one_line_frame(m_ring, position & m_mask, frame_bytes);
   std::uint64_t room;
   for (;;) {
+    // Frames start at multiples of frame_alignment, and so does every claim
+    // (LAYOUT.md section 9); a claim word that does not was written by a
+    // process that does not follow the layout. Claiming from it would put
+    // frames where no reader looks for them, their words unaligned.
+    if ((position & (layout::frame_alignment - 1)) != 0) [[unlikely]] {
+      ring_detail::shared(me.intent_position).store(~std::uint64_t{0}, std::memory_order_release);
+      return claim_status::corrupt;
+    }
     room = m_capacity - (position & m_mask);
     const std::uint64_t need = frame_bytes <= room ? frame_bytes : room + frame_bytes;
     if (m_policy == layout::policy_block && !room_for(position + need)) [[unlikely]] {

@@ -435,6 +435,34 @@ TEST_CASE("a frame with an out-of-range length is reported, never read", "[chann
   }
 }
 
+TEST_CASE("a claim word off a frame boundary is reported, never claimed from", "[channel]") {
+  auto ch = byte_channel("misaligned-claim");
+  shmbus::byte_publisher alone(ch);
+  REQUIRE(alone.try_publish(pattern(64, 0)) == shmbus::publish_status::ok);
+  auto* header = reinterpret_cast<shmbus::detail::layout::channel_header*>(ch.backing().bytes().data());
+  std::atomic_ref<std::uint64_t> tail(header->tail_position);
+  const std::uint64_t scribbled = tail.fetch_add(8) + 8;
+  // The lone publisher's straight path and the general claim (two
+  // publishers) both refuse, and leave the claim word as it was.
+  CHECK(alone.try_publish(pattern(64, 1)) == shmbus::publish_status::corrupt);
+  CHECK_FALSE(alone.try_loan(64));
+  shmbus::byte_publisher second(ch);
+  CHECK(second.try_publish(pattern(64, 2)) == shmbus::publish_status::corrupt);
+  CHECK(alone.try_publish(pattern(64, 3)) == shmbus::publish_status::corrupt);
+  CHECK(tail.load() == scribbled);
+  shmbus::scheduler s;
+  auto publish_one = [&]() -> task<void> { co_await second.publish(pattern(64, 4)); };
+  try {
+    s.run(publish_one());
+    FAIL("publish() claimed from a claim word off a frame boundary");
+  } catch (const shmbus::error& e) {
+    CHECK(e.code() == shmbus::errc::region_corrupt);
+  }
+  // A subscriber that starts there reads nothing from it.
+  shmbus::byte_subscriber late(ch);
+  CHECK(late.try_next().status == shmbus::receive_status::corrupt);
+}
+
 TEST_CASE("a truncated or foreign region is refused", "[channel]") {
   auto small = shmbus::region::create_memfd(unique("small"), 4096);
   CHECK_THROWS_AS(shmbus::channel::attach(std::move(small), nullptr, "small", 10ms), shmbus::error);
