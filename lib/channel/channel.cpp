@@ -142,6 +142,10 @@ struct publisher_core {
     if (slot == -2)
       throw error(errc::not_supported, "publisher", channel->name,
                   "membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED) was refused, and another publisher relies on it");
+    if (slot == -3)
+      throw error(errc::timed_out, "publisher", channel->name,
+                  fmt::format("another publisher's claim did not finish within {} s (is its process stopped?)",
+                              ring::lone_claim_settle_ns / 1'000'000'000));
     if (slot < 0)
       throw error(errc::would_block, "publisher", channel->name,
                   fmt::format("all {} publisher slots are taken", frames.publisher_slots()));

@@ -477,13 +477,19 @@ int ring::register_publisher(std::int32_t pid, std::uint64_t start_time) noexcep
       unregister_publisher(i);
       return -2;
     }
-    for (; light != 0; light &= light - 1) wait_for_lone_claim(static_cast<std::uint32_t>(std::countr_zero(light)));
+    const std::uint64_t deadline = monotonic_ns() + lone_claim_settle_ns;
+    for (; light != 0; light &= light - 1) {
+      if (!wait_for_lone_claim(static_cast<std::uint32_t>(std::countr_zero(light)), deadline)) {
+        unregister_publisher(i);
+        return -3;
+      }
+    }
     return static_cast<int>(i);
   }
   return -1;
 }
 
-void ring::wait_for_lone_claim(std::uint32_t other) noexcept {
+bool ring::wait_for_lone_claim(std::uint32_t other, std::uint64_t deadline_ns) noexcept {
   // After the heavy barrier, `other` claims with the CAS from its next
   // claim on. One it began before, its intent stored, may still be about to
   // store the claim word without the CAS, and only while the claim word
@@ -492,7 +498,7 @@ void ring::wait_for_lone_claim(std::uint32_t other) noexcept {
   // committed, refused, or retried after the barrier), or its process died.
   layout::publisher_slot& slot = m_publishers[other];
   std::uint64_t position = shared(slot.intent_position).load(std::memory_order_acquire);
-  if (position == ~std::uint64_t{0}) return;
+  if (position == ~std::uint64_t{0}) return true;
   auto settled = [&] {
     return shared(slot.intent_position).load(std::memory_order_acquire) != position ||
            tail_position() != position;
@@ -502,14 +508,18 @@ void ring::wait_for_lone_claim(std::uint32_t other) noexcept {
     // Preempted (or stopped) between its re-read and its store: yield to
     // it. If it died there, its intent names a claim never made: clear it,
     // or a repairer could one day take it for the claim of the publisher
-    // that claims that position next.
+    // that claims that position next. If it stays stopped, or the intent
+    // is one no publisher wrote, the caller gives up its slot at the
+    // deadline: claiming beside such a claim could be overwritten by it.
     const slot_owner o = publisher_owner(other);
     if (m_alive != nullptr && !m_alive(o.pid, o.start_time)) {
       shared(slot.intent_position).compare_exchange_strong(position, ~std::uint64_t{0}, std::memory_order_acq_rel);
-      return;
+      return true;
     }
+    if (monotonic_ns() >= deadline_ns) return false;
     ::sched_yield();
   }
+  return true;
 }
 
 void ring::enter_unfenced(std::uint32_t publisher_index) noexcept {

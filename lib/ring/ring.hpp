@@ -193,8 +193,13 @@ class ring {
   /// flags say so), runs a heavy barrier and waits until that publisher's
   /// claim in flight, if any, has stored the claim word (a few instructions;
   /// a dead claimer, by set_liveness's check, is not waited for). If the
-  /// barrier is refused, the slot is given back and -2 is returned.
+  /// barrier is refused, the slot is given back and -2 is returned; if that
+  /// claim has not settled after lone_claim_settle_ns (its process stopped
+  /// there, or its intent was written by a process that does not follow
+  /// the layout), the slot is given back and -3 is returned.
   int register_publisher(std::int32_t pid, std::uint64_t start_time) noexcept;
+  /// How long register_publisher waits for a lone publisher's claim.
+  static constexpr std::uint64_t lone_claim_settle_ns = 1'000'000'000;
   void unregister_publisher(std::uint32_t index) noexcept;
 
   /// Takes a free subscriber slot and places its cursor at the newest or
@@ -424,8 +429,9 @@ class ring {
   /// reclaim_dead_publishers, for a dead owner's slot: clears its intent
   /// unless it names a claim in progress; true if the intent is now clear.
   bool drop_stale_intent(layout::publisher_slot& slot) noexcept;
-  /// register_publisher: waits out another publisher's claim without CAS.
-  void wait_for_lone_claim(std::uint32_t other) noexcept;
+  /// register_publisher: waits out another publisher's claim without CAS;
+  /// false if it has not settled by `deadline_ns` (monotonic).
+  bool wait_for_lone_claim(std::uint32_t other, std::uint64_t deadline_ns) noexcept;
   /// try_repair: true if a claim that starts at intent position `start`
   /// has its data frame at `position` (at `start`, or at the next lap
   /// boundary after a padding frame).

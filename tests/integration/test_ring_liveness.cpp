@@ -22,6 +22,7 @@
 #include <array>
 #include <atomic>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <optional>
 #include <span>
@@ -420,6 +421,44 @@ TEST_CASE_METHOD(block_ring, "a dead publisher's intent that names no claim in p
   }
   // The dead publisher's bit is gone: the one left claims alone again.
   CHECK(std::atomic_ref<std::uint64_t>(r.header().active_publishers).load() == std::uint64_t{1} << pub);
+}
+
+TEST_CASE("a publisher joining beside a lone claim that never settles gives its slot back, and joins once that "
+          "claimer is dead",
+          "[ring][liveness][process]") {
+  // A lone publisher stores its intent, then the claim word without a CAS.
+  // Stopped between the two (here: SIGSTOP right after the intent), it is
+  // alive, so a joiner may not take it for dead, nor claim beside it (the
+  // store would overwrite its claim). The joiner gives up at the deadline
+  // instead of waiting for good.
+  channel ch(layout::policy_block);
+  ring& r = ch.view;
+  r.set_liveness(&pid_alive, std::chrono::milliseconds(10));
+  const std::uint64_t tail = r.tail_position();
+  const pid_t child = fork_publisher(ch, [tail](ring& mine, std::uint32_t slot) {
+    layout::publisher_slot& me = mine.publisher(slot);
+    std::atomic_ref<std::uint64_t>(me.intent_length).store(layout::frame_size(100));
+    std::atomic_ref<std::uint64_t>(me.intent_sequence).store(mine.tail_sequence());
+    std::atomic_ref<std::uint64_t>(me.intent_position).store(tail);
+    return true;
+  });
+  stop_and_wait(child);
+  const std::uint32_t lone_flags = std::atomic_ref<std::uint32_t>(r.publisher(0).flags).load();
+  if ((lone_flags & layout::publisher_lone_claims) == 0) {
+    kill_and_reap(child, SIGKILL);
+    WARN("publishers claim by CAS only here (no membarrier): nothing to wait for");
+    return;
+  }
+  auto active = std::atomic_ref<std::uint64_t>(r.header().active_publishers);
+  CHECK(r.register_publisher(::getpid(), 0) == -3);
+  CHECK(active.load() == 1u);  // only the stopped publisher's bit
+  CHECK(r.reclaim_dead_publishers(&pid_alive) == 0);
+  CHECK(r.tail_position() == tail);
+
+  kill_and_reap(child, SIGKILL);
+  const int slot = r.register_publisher(::getpid(), 0);
+  REQUIRE(slot >= 0);
+  CHECK(publish(r, static_cast<std::uint32_t>(slot), "after") == claim_status::ok);
 }
 
 namespace {
