@@ -15,18 +15,18 @@
 #include <shmbus/detail/ring_layout.hpp>
 #include <shmbus/error.hpp>
 
+#include "scribbler.hpp"
+
 #include <catch2/catch.hpp>
 #include <fmt/format.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <array>
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <optional>
-#include <random>
 #include <vector>
 
 namespace {
@@ -49,69 +49,39 @@ std::uint64_t touch(std::span<const std::byte> data) {
   return sum;
 }
 
-class scribbler {
- public:
-  explicit scribbler(std::uint64_t seed) : m_random(seed) {}
+using shmbus::test::scribbler;
 
-  std::uint64_t below(std::uint64_t n) { return n == 0 ? 0 : m_random() % n; }
-  bool chance(unsigned percent) { return below(100) < percent; }
-
-  /// Writes one word of 1, 2, 4 or 8 bytes somewhere in the region: more
-  /// often in the header page's mutable words and the slots than its
-  /// share of the bytes, since those are what every handle reads. Where
-  /// to write comes from the geometry the channel was made with (the
-  /// header's copy may be scribbled already).
-  void scribble(const shmbus::channel& ch) {
-    std::byte* const base = ch.backing().data();
-    const std::size_t size = ch.backing().size();
-    const std::uint64_t capacity = ch.capacity();
-    const std::uint64_t ring_offset = size - capacity;
-    const std::uint64_t tail =
-        std::atomic_ref<std::uint64_t>(reinterpret_cast<layout::channel_header*>(base)->tail_position).load();
-    const std::array<std::size_t, 4> widths{1, 2, 4, 8};
-    const std::size_t width = widths[below(widths.size())];
-    std::size_t offset = 0;
-    const std::uint64_t where = below(100);
-    if (where < 15) {
-      offset = below(256);  // the fields written once
-    } else if (where < 35) {
-      offset = 256 + below(1024 - 256);  // claim word, bitmasks
-    } else if (where < 45) {
-      offset = 1024 + below(2048);  // resync hints
-    } else if (where < 60) {
-      offset = layout::header_size + below(ring_offset - layout::header_size);  // the slots
-    } else if (where < 80) {
-      // The frames just claimed: those a subscriber has yet to read.
-      const std::uint64_t back = 1 + below(std::min<std::uint64_t>(capacity, 2048));
-      offset = ring_offset + ((tail - back) & (capacity - 1));
-    } else {
-      offset = below(size);  // anywhere, mostly the frames
-    }
-    offset &= ~(width - 1);
-    if (offset + width > size) offset = size - width;
-    const std::uint64_t value = pick_value(tail, capacity);
-    std::memcpy(base + offset, &value, width);  // little-endian: the low bytes
+/// Writes one word somewhere in the channel's region: more often in the
+/// header page's mutable words and the slots than their share of the bytes,
+/// since those are what every handle reads. Where to write comes from the
+/// geometry the channel was made with (the header's copy may be scribbled
+/// already); values near the claim word's position are likely.
+void scribble(scribbler& rng, const shmbus::channel& ch) {
+  std::byte* const base = ch.backing().data();
+  const std::size_t size = ch.backing().size();
+  const std::uint64_t capacity = ch.capacity();
+  const std::uint64_t ring_offset = size - capacity;
+  const std::uint64_t tail =
+      std::atomic_ref<std::uint64_t>(reinterpret_cast<layout::channel_header*>(base)->tail_position).load();
+  std::size_t offset = 0;
+  const std::uint64_t where = rng.below(100);
+  if (where < 15) {
+    offset = rng.below(256);  // the fields written once
+  } else if (where < 35) {
+    offset = 256 + rng.below(1024 - 256);  // claim word, bitmasks
+  } else if (where < 45) {
+    offset = 1024 + rng.below(2048);  // resync hints
+  } else if (where < 60) {
+    offset = layout::header_size + rng.below(ring_offset - layout::header_size);  // the slots
+  } else if (where < 80) {
+    // The frames just claimed: those a subscriber has yet to read.
+    const std::uint64_t back = 1 + rng.below(std::min<std::uint64_t>(capacity, 2048));
+    offset = ring_offset + ((tail - back) & (capacity - 1));
+  } else {
+    offset = rng.below(size);  // anywhere, mostly the frames
   }
-
- private:
-  std::uint64_t pick_value(std::uint64_t tail, std::uint64_t cap) {
-    switch (below(11)) {
-      case 0: return 0;
-      case 1: return ~std::uint64_t{0};
-      case 2: return 1;
-      case 3: return 0x7fffffff;
-      case 4: return cap;
-      case 5: return tail + below(2 * cap);  // a position a little ahead
-      case 6: return tail - below(2 * cap);  // ... or behind
-      case 7: return below(64);
-      case 8: return std::uint64_t{1} << below(64);
-      case 9: return tail;  // e.g. an intent that looks like a claim under way
-      default: return m_random();
-    }
-  }
-
-  std::mt19937_64 m_random;
-};
+  rng.write_word(base, size, offset, tail, capacity);
+}
 
 /// Reads at most `limit` messages, checking each; stops at empty or corrupt.
 void read_some(shmbus::byte_subscriber& sub, const shmbus::channel& ch, std::size_t limit, outcome_counts& counts) {
@@ -191,7 +161,7 @@ void run_seed(std::uint64_t seed, outcome_counts& counts) {
   REQUIRE(reinterpret_cast<const layout::channel_header*>(ch.backing().data())->ring_offset ==
           ch.backing().size() - ch.capacity());
   const std::uint64_t scribbles = 1 + rng.below(6);
-  for (std::uint64_t i = 0; i < scribbles; ++i) rng.scribble(ch);
+  for (std::uint64_t i = 0; i < scribbles; ++i) scribble(rng, ch);
 
   // The handles that were there carry on.
   const std::size_t read_limit = 2 * o.capacity / layout::frame_header_size;
