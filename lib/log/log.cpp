@@ -140,13 +140,13 @@ frame_check log_state::check_frame(position p, const ll::record_header& h) const
   c.type = std::atomic_ref<const std::uint16_t>(h.type).load(std::memory_order_relaxed);
   c.sequence = std::atomic_ref<const std::uint64_t>(h.sequence).load(std::memory_order_relaxed);
   if (c.type == ll::frame_padding) {
-    c.ok = offset + ll::frame_header_size + c.length == segment_size;
+    c.shaped = offset + ll::frame_header_size + c.length == segment_size;
     c.next = p + (segment_size - offset);
   } else if (c.type == ll::frame_data || c.type == ll::frame_aborted) {
-    c.ok = c.length <= max_record && offset + ll::frame_size(c.length) <= segment_size;
+    c.shaped = c.length <= max_record && offset + ll::frame_size(c.length) <= segment_size;
     c.next = p + ll::frame_size(c.length);
   }
-  if (!c.ok) return c;
+  if (!c.shaped) return c;
   const std::byte* payload = reinterpret_cast<const std::byte*>(&h) + ll::frame_header_size;
   const std::uint32_t want = std::atomic_ref<const std::uint32_t>(h.crc32c).load(std::memory_order_relaxed);
   c.crc_ok = record_crc(h, {payload, c.type == ll::frame_padding ? 0 : c.length}) == want;
@@ -156,6 +156,7 @@ frame_check log_state::check_frame(position p, const ll::record_header& h) const
 
 prefix log_state::committed_prefix(position from_pos, std::uint64_t sequence) {
   prefix r{from_pos, sequence};
+  if (from_pos % ll::frame_alignment != 0) return r;  // not a record boundary: sync_to reports it
   const position tail = load(meta->tail_position);
   while (r.end < tail) {
     const ll::record_header* h = header_at(r.end, false);
@@ -182,6 +183,9 @@ void log_state::wake_readers() noexcept {
   bits = parked.fetch_and(~bits, std::memory_order_acq_rel) & bits;
   while (bits != 0) {
     const auto i = static_cast<std::uint32_t>(std::countr_zero(bits));
+    // A bit past the reader slots was set by a process that does not
+    // follow the layout: it names no slot (and the bits go up from here).
+    if (i >= ll::reader_slots) break;
     bits &= bits - 1;
     ll::slot& s = meta->readers[i];
     doorbell_cache::owner o;
@@ -235,6 +239,14 @@ position log_state::append(std::span<const std::byte> bytes) {
   std::uint64_t need = 0;
   ll::slot& me = meta->writers[writer_slot];
   for (;;) {
+    // Every claim starts on a frame start (docs/LOG.md): a claim word that
+    // does not was written by a process that does not follow the layout,
+    // and records claimed from it would sit where no reader looks, their
+    // commit words unaligned.
+    if (pos % ll::frame_alignment != 0) {
+      std::atomic_ref<std::uint64_t>(me.position).store(~std::uint64_t{0}, std::memory_order_release);
+      throw error(errc::region_corrupt, "append", dir.string(), "the claim word is not at a frame boundary");
+    }
     const std::uint64_t offset = pos % segment_size;
     const std::uint64_t room = segment_size - offset;
     need = frame_bytes <= room ? frame_bytes : room + frame_bytes;
@@ -378,6 +390,9 @@ task<void> log_state::sync_to(std::shared_ptr<log_state> self, position target) 
     }
     const prefix p = st.committed_prefix(st.load(st.meta->durable_position), st.load(st.meta->durable_sequence));
     const position from_pos = st.load(st.meta->durable_position);
+    if (from_pos % ll::frame_alignment != 0)
+      throw error(errc::region_corrupt, "sync", st.dir.string(),
+                  fmt::format("log.meta's durable position {} is not at a record boundary", from_pos));
     if (p.end <= from_pos) {
       // The next record is claimed by a writer that has not committed it
       // yet: let it run; if it is dead, its claim becomes an aborted frame.
@@ -502,6 +517,35 @@ void log_state::validate() {
     fail(fmt::format("segment size {} is invalid", segment_size));
   if (max_record > segment_size - ll::frame_header_size) fail("max_record does not fit a segment");
   if (salt == 0) fail("commit salt is zero");
+  // Positions that name where records start; readers and recovery begin at
+  // them. (The claim word is checked by each append.)
+  const position first = load(meta->first_position);
+  const position durable = load(meta->durable_position);
+  if (first % segment_size != 0 || durable % ll::frame_alignment != 0 || first > durable)
+    fail(fmt::format("log.meta's first position {} and durable position {} are not record boundaries in order",
+                     first, durable));
+}
+
+void log_state::check_durable_boundary() {
+  // Segments start with a record, and records never span two: walking from
+  // the start of the durable position's segment must land on it exactly.
+  // Otherwise log.meta's durable word is not one this library wrote, and
+  // recovering from it would cut whole records after it.
+  const position durable = report.durable;
+  position q = durable - durable % segment_size;
+  while (q < durable) {
+    const ll::record_header* h = header_at(q, false);
+    // Shape and commit only: a record that fails its CRC is still a record,
+    // reported to whoever reads it.
+    const frame_check c = h != nullptr && committed(*h, q) ? check_frame(q, *h) : frame_check{};
+    if (!c.shaped) break;
+    q = c.next;
+  }
+  if (q != durable)
+    throw error(errc::region_corrupt, "open log", dir.string(),
+                fmt::format("log.meta's durable position {} is not where a record starts (the records of its "
+                            "segment lead to {})",
+                            durable, q));
 }
 
 void log_state::recover() {
@@ -510,6 +554,7 @@ void log_state::recover() {
   report.scanned = true;
   report.durable = load(meta->durable_position);
   report.previous_tail = load(meta->tail_position);
+  check_durable_boundary();
   position p = report.durable;
   std::uint64_t sequence = load(meta->durable_sequence);
   for (;;) {
@@ -559,8 +604,10 @@ void log_state::recover() {
     }
   }
   // What survived is whole: make it durable now.
-  for (std::uint64_t index = report.durable / segment_size; index * segment_size < p; ++index)
-    if (segment_map* seg = segment(index, false)) seg->file.sync(0, seg->file.size());
+  if (p > report.durable) {
+    for (std::uint64_t index = report.durable / segment_size, last = (p - 1) / segment_size; index <= last; ++index)
+      if (segment_map* seg = segment(index, false)) seg->file.sync(0, seg->file.size());
+  }
   std::uint64_t tp = load(meta->tail_position);
   std::uint64_t ts = load(meta->tail_sequence);
   while (!cas128(&meta->tail_position, tp, ts, p, sequence)) {

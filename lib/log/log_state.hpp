@@ -31,7 +31,8 @@ struct segment_map {
 
 /// What a frame's header says, checked against the geometry and its CRC.
 struct frame_check {
-  bool ok = false;
+  bool ok = false;      ///< shaped and crc_ok
+  bool shaped = false;  ///< a type and length that fit the segment (next is where the record ends)
   bool crc_ok = false;
   std::uint16_t type = 0;
   std::uint32_t length = 0;
@@ -100,6 +101,8 @@ struct log_state {
   void initialize(const log_options& o);
   void validate();
   void recover();
+  /// recover(): the durable position is where a record starts, or throws.
+  void check_durable_boundary();
 };
 
 }  // namespace shmbus::detail

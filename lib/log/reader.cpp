@@ -124,6 +124,8 @@ struct log_reader_state {
       const position limit = options.durable_only ? st.load(st.meta->durable_position) : st.load(st.meta->tail_position);
       if (pos >= limit) return {};
       const position durable_pos = st.load(st.meta->durable_position);
+      // Where a reader starts may come from log.meta or a cursor file.
+      if (pos % ll::frame_alignment != 0) corrupt(pos, "is not at a record boundary");
       const ll::record_header* h = st.header_at(pos, false);
       if (h == nullptr) {
         if (pos < st.load(st.meta->first_position)) continue;  // dropped meanwhile: report it above
@@ -135,7 +137,7 @@ struct log_reader_state {
         return {};  // claimed, not committed yet
       }
       const frame_check c = st.check_frame(pos, *h);
-      if (!c.ok) corrupt(pos, c.crc_ok ? "has an impossible header" : "fails its CRC32C");
+      if (!c.ok) corrupt(pos, c.shaped ? "fails its CRC32C" : "has an impossible header");
       const position at = pos;
       pos = c.next;
       if (c.type != ll::frame_data) continue;  // padding or an aborted claim
@@ -219,7 +221,13 @@ log_reader byte_log::reader(const from& start, const reader_options& options) {
   r->options = options;
   switch (start.where) {
     case from::kind::beginning: r->pos = first(); break;
-    case from::kind::at: r->pos = start.pos; break;
+    case from::kind::at:
+      if (start.pos % detail::log_layout::frame_alignment != 0)
+        throw error(std::make_error_code(std::errc::invalid_argument), "reader", m_state->dir.string(),
+                    fmt::format("position {} is not where a record starts (positions are multiples of {})",
+                                start.pos, detail::log_layout::frame_alignment));
+      r->pos = start.pos;
+      break;
     case from::kind::end: r->pos = tail(); break;
     case from::kind::cursor: {
       r->cursor = start.name;

@@ -698,8 +698,14 @@ ring::slot_owner owner_of(Slot& slot) noexcept {
 
 }  // namespace
 
-ring::slot_owner ring::subscriber_owner(std::uint32_t index) const noexcept { return owner_of(m_subscribers[index]); }
-ring::slot_owner ring::publisher_owner(std::uint32_t index) const noexcept { return owner_of(m_publishers[index]); }
+// An index may come from a bit in shared memory (parked_subscribers,
+// waiting_publishers): one past the slots names no slot, and no owner.
+ring::slot_owner ring::subscriber_owner(std::uint32_t index) const noexcept {
+  return index < m_subscriber_slots ? owner_of(m_subscribers[index]) : slot_owner{};
+}
+ring::slot_owner ring::publisher_owner(std::uint32_t index) const noexcept {
+  return index < m_publisher_slots ? owner_of(m_publishers[index]) : slot_owner{};
+}
 
 void ring::set_subscriber_doorbell(std::uint32_t index, std::uint64_t id) noexcept {
   shared(m_subscribers[index].doorbell_id).store(id, std::memory_order_release);

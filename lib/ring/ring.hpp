@@ -246,6 +246,7 @@ class ring {
     std::uint64_t start_time = 0;
     std::uint64_t doorbell_id = 0;
   };
+  /// The owner of a slot; nobody's (all zero) for an index past the slots.
   slot_owner subscriber_owner(std::uint32_t index) const noexcept;
   slot_owner publisher_owner(std::uint32_t index) const noexcept;
   /// Records the doorbell a slot's owner sleeps on (before it first parks).

@@ -18,8 +18,10 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cstddef>
 #include <cstring>
 #include <filesystem>
+#include <system_error>
 #include <fstream>
 #include <vector>
 
@@ -283,6 +285,77 @@ TEST_CASE("oversized records are refused; a log of another kind or version is re
   } catch (const shmbus::error& e) {
     CHECK(e.code() == shmbus::errc::region_corrupt);
   }
+}
+
+namespace {
+
+/// Rewrites the u64 at `offset` of log.meta through the file, which every
+/// handle's mapping shares: what a process that does not follow the layout
+/// might do.
+void poke_meta(const fs::path& dir, std::size_t offset, std::uint64_t value) {
+  std::fstream f(dir / "log.meta", std::ios::in | std::ios::out | std::ios::binary);
+  f.seekp(static_cast<std::streamoff>(offset));
+  f.write(reinterpret_cast<const char*>(&value), sizeof value);
+}
+
+std::uint64_t peek_meta(const fs::path& dir, std::size_t offset) {
+  std::ifstream f(dir / "log.meta", std::ios::binary);
+  f.seekg(static_cast<std::streamoff>(offset));
+  std::uint64_t value = 0;
+  f.read(reinterpret_cast<char*>(&value), sizeof value);
+  return value;
+}
+
+}  // namespace
+
+TEST_CASE("positions in log.meta that are not record boundaries are refused, and nothing is cut", "[log]") {
+  namespace ll = shmbus::detail::log_layout;
+  temp_dir dir;
+  shmbus::scheduler s;
+  std::vector<position> positions;
+  {
+    auto log = shmbus::byte_log::open(s, dir.path, small_segments());
+    for (std::uint64_t i = 0; i < 100; ++i) positions.push_back(log.try_append(record(i)));
+    s.run(log.sync());
+
+    // The claim word off a boundary: appends refuse it and write nothing.
+    const std::uint64_t tail = peek_meta(dir.path, offsetof(ll::meta, tail_position));
+    poke_meta(dir.path, offsetof(ll::meta, tail_position), tail + 8);
+    try {
+      (void)log.try_append(record(100));
+      FAIL("appended from a claim word off a record boundary");
+    } catch (const shmbus::error& e) {
+      CHECK(e.code() == shmbus::errc::region_corrupt);
+    }
+    CHECK(log.tail() == tail + 8);
+    poke_meta(dir.path, offsetof(ll::meta, tail_position), tail);
+
+    // A parked bit past the 32 reader slots names nobody.
+    poke_meta(dir.path, offsetof(ll::meta, parked_readers), std::uint64_t{1} << 40);
+    CHECK(log.try_append(record(100)) == tail);
+    s.run(log.sync());
+
+    // A reader may only start where a record starts.
+    CHECK_THROWS_AS(log.reader(shmbus::from::at_position(positions[10] + 8)), std::system_error);
+  }
+  // A durable word inside record 50 (a multiple of 32, but not a record
+  // start): recovering from it would cut 50 records. The open refuses.
+  const std::uint64_t durable = peek_meta(dir.path, offsetof(ll::meta, durable_position));
+  REQUIRE(positions[51] - positions[50] > 32);
+  poke_meta(dir.path, offsetof(ll::meta, durable_position), positions[50] + 32);
+  try {
+    (void)shmbus::byte_log::open(s, dir.path);
+    FAIL("recovered from a durable position inside a record");
+  } catch (const shmbus::error& e) {
+    CHECK(e.code() == shmbus::errc::region_corrupt);
+    CHECK_THAT(e.what(), Catch::Contains(std::to_string(positions[50] + 32)));
+  }
+  poke_meta(dir.path, offsetof(ll::meta, durable_position), durable);
+  auto log = shmbus::byte_log::open(s, dir.path);
+  auto reader = log.reader(shmbus::from::beginning());
+  const auto all = reader.available();
+  REQUIRE(all.size() == 101);
+  for (std::uint64_t i = 0; i < 101; ++i) CHECK(is_record(all[i].data, i));
 }
 
 TEST_CASE("a full disk fails append clearly, loses nothing, and the log works once space is freed", "[log]") {
