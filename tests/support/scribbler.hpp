@@ -6,8 +6,10 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <random>
+#include <system_error>
 
 namespace shmbus::test {
 
@@ -53,5 +55,25 @@ class scribbler {
 
   std::mt19937_64 m_random;
 };
+
+/// How many seeds a scribble test runs: `by_default`, or
+/// SHMBUS_SCRIBBLE_SEEDS for a longer hunt by hand.
+inline std::uint64_t scribble_seeds(std::uint64_t by_default) {
+  const char* const more = std::getenv("SHMBUS_SCRIBBLE_SEEDS");
+  return more != nullptr ? std::strtoull(more, nullptr, 10) : by_default;
+}
+
+/// Runs `step` on a scribbled object: an error it throws (a shmbus::error,
+/// or the errno of a refused call: std::system_error either way) is what
+/// may happen, and is counted in `refused`; any other exception fails the
+/// test.
+template <class Step>
+void tolerate_errors(Step step, std::uint64_t& refused) {
+  try {
+    step();
+  } catch (const std::system_error&) {
+    ++refused;
+  }
+}
 
 }  // namespace shmbus::test

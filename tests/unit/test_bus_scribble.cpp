@@ -22,11 +22,9 @@
 #include <unistd.h>
 
 #include <array>
-#include <cstdlib>
 #include <optional>
 #include <string>
 #include <span>
-#include <system_error>
 #include <vector>
 
 using shmbus::bus;
@@ -35,6 +33,7 @@ namespace {
 
 namespace bl = shmbus::detail::bus_layout;
 using shmbus::test::scribbler;
+using shmbus::test::tolerate_errors;
 
 struct outcome_counts {
   std::uint64_t listed = 0;   ///< channels listed after a scribble
@@ -52,14 +51,6 @@ shmbus::channel_options small_channel() {
 }
 
 /// Runs `step`; an error it throws is counted, anything else fails the test.
-template <class Step>
-void tolerate_errors(Step step, outcome_counts& counts) {
-  try {
-    step();
-  } catch (const std::system_error&) {  // shmbus::error is one too
-    ++counts.refused;
-  }
-}
 
 /// Writes one word into the directory: its header, a channel entry or a
 /// participant entry, with the geometry it was made with (the header's
@@ -111,7 +102,7 @@ void run_seed(std::uint64_t seed, outcome_counts& counts) {
       scribble(rng, directory, options.max_channels, options.max_participants);
 
     // The handle that was there carries on.
-    tolerate_errors([&] { check_listing(*b, counts); }, counts);
+    tolerate_errors([&] { check_listing(*b, counts); }, counts.refused);
     for (const std::string& channel : names) {
       tolerate_errors(
           [&] {
@@ -119,7 +110,7 @@ void run_seed(std::uint64_t seed, outcome_counts& counts) {
             CHECK(pub.try_publish(std::as_bytes(std::span(channel))) != shmbus::publish_status::too_large);
             ++counts.opened;
           },
-          counts);
+          counts.refused);
     }
     // A new handle, as another process opening the bus now.
     tolerate_errors(
@@ -130,13 +121,13 @@ void run_seed(std::uint64_t seed, outcome_counts& counts) {
           (void)sub.try_next();
           (void)again.remove_unused();
         },
-        counts);
+        counts.refused);
     publishers.clear();
-    tolerate_errors([&] { (void)b->remove_unused(); }, counts);
+    tolerate_errors([&] { (void)b->remove_unused(); }, counts.refused);
   }
   // Removal goes by the objects' names in /dev/shm, not by what the
   // directory says: nothing of this bus is left.
-  tolerate_errors([&] { (void)bus::remove(name); }, counts);
+  tolerate_errors([&] { (void)bus::remove(name); }, counts.refused);
   struct stat st {};
   CHECK(::stat(("/dev/shm" + bus::object_name(name)).c_str(), &st) != 0);
   for (const std::string& channel : names)
@@ -148,9 +139,7 @@ void run_seed(std::uint64_t seed, outcome_counts& counts) {
 TEST_CASE("words scribbled into a live bus directory never crash or hang, and the bus can still be removed",
           "[bus][scribble]") {
   outcome_counts counts;
-  // SHMBUS_SCRIBBLE_SEEDS=N runs N seeds instead (a longer hunt by hand).
-  const char* const more = std::getenv("SHMBUS_SCRIBBLE_SEEDS");
-  const std::uint64_t seeds = more != nullptr ? std::strtoull(more, nullptr, 10) : 200;
+  const std::uint64_t seeds = shmbus::test::scribble_seeds(200);
   for (std::uint64_t seed = 1; seed <= seeds; ++seed) {
     CAPTURE(seed);
     run_seed(seed, counts);

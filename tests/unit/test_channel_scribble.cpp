@@ -24,7 +24,6 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
-#include <cstdlib>
 #include <cstring>
 #include <optional>
 #include <vector>
@@ -198,9 +197,7 @@ void run_seed(std::uint64_t seed, outcome_counts& counts) {
 TEST_CASE("words scribbled anywhere in a live channel never crash, hang or leak a view out of bounds",
           "[channel][scribble]") {
   outcome_counts counts;
-  // SHMBUS_SCRIBBLE_SEEDS=N runs N seeds instead (a longer hunt by hand).
-  const char* const more = std::getenv("SHMBUS_SCRIBBLE_SEEDS");
-  const std::uint64_t seeds = more != nullptr ? std::strtoull(more, nullptr, 10) : 400;
+  const std::uint64_t seeds = shmbus::test::scribble_seeds(400);
   for (std::uint64_t seed = 1; seed <= seeds; ++seed) {
     CAPTURE(seed);
     run_seed(seed, counts);

@@ -22,31 +22,21 @@
 #include <fmt/format.h>
 #include <unistd.h>
 
-#include <cstdlib>
 #include <filesystem>
 #include <optional>
-#include <system_error>
 #include <vector>
 
 namespace {
 
 namespace ll = shmbus::detail::log_layout;
 using shmbus::test::scribbler;
+using shmbus::test::tolerate_errors;
 
 struct outcome_counts {
   std::uint64_t read = 0;      ///< records read after a scribble
   std::uint64_t appended = 0;  ///< appends after a scribble that went through
   std::uint64_t refused = 0;   ///< operations refused with an error
 };
-
-template <class Step>
-void tolerate_errors(Step step, outcome_counts& counts) {
-  try {
-    step();
-  } catch (const std::system_error&) {  // shmbus::error is one too
-    ++counts.refused;
-  }
-}
 
 shmbus::log_options small_log() {
   shmbus::log_options o;
@@ -116,9 +106,9 @@ void run_seed(std::uint64_t seed, outcome_counts& counts) {
     for (std::uint64_t i = 0; i < scribbles; ++i) scribble(rng, dir.path, log.tail());
 
     // The handle that was there carries on.
-    tolerate_errors([&] { append_some(log, rng, counts); }, counts);
-    tolerate_errors([&] { s.run(log.sync()); }, counts);
-    tolerate_errors([&] { read_all(log, counts); }, counts);
+    tolerate_errors([&] { append_some(log, rng, counts); }, counts.refused);
+    tolerate_errors([&] { s.run(log.sync()); }, counts.refused);
+    tolerate_errors([&] { read_all(log, counts); }, counts.refused);
   }
   // Opened again: recovery reads what the files say.
   tolerate_errors(
@@ -129,16 +119,14 @@ void run_seed(std::uint64_t seed, outcome_counts& counts) {
         s.run(log.sync());
         read_all(log, counts);
       },
-      counts);
+      counts.refused);
 }
 
 }  // namespace
 
 TEST_CASE("words scribbled into a live log's files never crash or hang it", "[log][scribble]") {
   outcome_counts counts;
-  // SHMBUS_SCRIBBLE_SEEDS=N runs N seeds instead (a longer hunt by hand).
-  const char* const more = std::getenv("SHMBUS_SCRIBBLE_SEEDS");
-  const std::uint64_t seeds = more != nullptr ? std::strtoull(more, nullptr, 10) : 100;
+  const std::uint64_t seeds = shmbus::test::scribble_seeds(100);
   for (std::uint64_t seed = 1; seed <= seeds; ++seed) {
     CAPTURE(seed);
     run_seed(seed, counts);
