@@ -371,6 +371,23 @@ TEST_CASE("opening with another payload type is a type mismatch", "[ring]") {
   }
 }
 
+TEST_CASE("a slot index past the slots, as a stray bit in shared memory gives one, names no owner", "[ring]") {
+  test_channel ch(small_ring());
+  ring& r = ch.view;
+  ring_cursor cursor;
+  REQUIRE(r.register_subscriber(::getpid(), 7, false, cursor) == 0);
+  REQUIRE(r.register_publisher(::getpid(), 7) == 0);
+  CHECK(r.subscriber_owner(0).pid == ::getpid());
+  CHECK(r.publisher_owner(0).pid == ::getpid());
+  // Slot 4 of 4 would lie past the slot tables (the next ones, or the ring).
+  for (const std::uint32_t stray : {4u, 63u}) {
+    CHECK(r.subscriber_owner(stray).pid == 0);
+    CHECK(r.subscriber_owner(stray).doorbell_id == 0);
+    CHECK(r.publisher_owner(stray).pid == 0);
+    CHECK(r.publisher_owner(stray).incarnation == 0);
+  }
+}
+
 TEST_CASE("a committed frame with an out-of-range length is reported, not read", "[ring]") {
   test_channel ch(small_ring());
   ring& r = ch.view;
