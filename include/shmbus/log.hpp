@@ -98,6 +98,8 @@ struct from {
   position pos = 0;
   std::string name;
   static from beginning() { return {}; }
+  /// `p` is where a record starts (an append's result, a record's `at` or
+  /// `next`): a multiple of 32, or reader() throws std::errc::invalid_argument.
   static from at_position(position p) { return {kind::at, p, {}}; }
   static from end() { return {kind::end, 0, {}}; }
   /// A named cursor (created at the beginning if it does not exist); the
@@ -180,6 +182,7 @@ class SHMBUS_API byte_log {
   log_reader reader(const from& start, const reader_options& options = {});
 
   std::vector<cursor_info> cursors() const;
+  /// Throws std::errc::invalid_argument if `p` is not a multiple of 32.
   void reset_cursor(std::string_view name, position p);
   bool remove_cursor(std::string_view name);
 

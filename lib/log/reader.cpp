@@ -74,6 +74,15 @@ std::optional<position> read_cursor(const std::filesystem::path& path) {
   return c.position;
 }
 
+/// A position a user passes must be one where a record may start: records
+/// are 32-byte aligned, and reading from anywhere else is undefined.
+void require_record_boundary(const log_state& st, std::string_view operation, position p) {
+  if (p % ll::frame_alignment != 0)
+    throw error(std::make_error_code(std::errc::invalid_argument), operation, st.dir.string(),
+                fmt::format("position {} is not where a record starts (positions are multiples of {})", p,
+                            ll::frame_alignment));
+}
+
 /// Writes a cursor file without waiting on the loop (for reset_cursor).
 void write_cursor_now(const log_state& st, const std::filesystem::path& path, position p) {
   const auto tmp = path.string() + ".tmp";
@@ -222,10 +231,7 @@ log_reader byte_log::reader(const from& start, const reader_options& options) {
   switch (start.where) {
     case from::kind::beginning: r->pos = first(); break;
     case from::kind::at:
-      if (start.pos % detail::log_layout::frame_alignment != 0)
-        throw error(std::make_error_code(std::errc::invalid_argument), "reader", m_state->dir.string(),
-                    fmt::format("position {} is not where a record starts (positions are multiples of {})",
-                                start.pos, detail::log_layout::frame_alignment));
+      detail::require_record_boundary(*m_state, "reader", start.pos);
       r->pos = start.pos;
       break;
     case from::kind::end: r->pos = tail(); break;
@@ -254,6 +260,7 @@ std::vector<cursor_info> byte_log::cursors() const {
 }
 
 void byte_log::reset_cursor(std::string_view name, position p) {
+  detail::require_record_boundary(*m_state, "reset cursor", p);
   detail::write_cursor_now(*m_state, detail::cursor_path(*m_state, name), p);
 }
 

@@ -335,8 +335,9 @@ TEST_CASE("positions in log.meta that are not record boundaries are refused, and
     CHECK(log.try_append(record(100)) == tail);
     s.run(log.sync());
 
-    // A reader may only start where a record starts.
+    // A reader may only start where a record starts, and a cursor point there.
     CHECK_THROWS_AS(log.reader(shmbus::from::at_position(positions[10] + 8)), std::system_error);
+    CHECK_THROWS_AS(log.reset_cursor("misaligned", positions[10] + 8), std::system_error);
   }
   // A durable word inside record 50 (a multiple of 32, but not a record
   // start): recovering from it would cut 50 records. The open refuses.
