@@ -121,7 +121,7 @@ int run_log_dump(const log_cli_options& o) {
   std::uint64_t p = o.from.value_or(m.first);
   if (p < m.first) fail(fmt::format("position {} was dropped by retention; the oldest kept is {}", p, m.first));
   if (p > m.tail) fail(fmt::format("position {} is past the tail {}", p, m.tail));
-  if (p % ll::frame_alignment != 0) fail(fmt::format("position {} is not a record position (a multiple of 32)", p));
+  if (!ll::frame_aligned(p)) fail(fmt::format("position {} is not a record position (a multiple of 32)", p));
   std::uint64_t shown = 0;
   while (p < m.tail && (o.count == 0 || shown < o.count)) {
     const log_frame f = walk.read(p);
@@ -154,7 +154,7 @@ int run_log_verify(const log_cli_options& o) {
   if (m.durable > m.tail) problem(fmt::format("log.meta: the durable position {} is past the tail {}", m.durable, m.tail));
   if (m.first > m.durable)
     problem(fmt::format("log.meta: the first position {} is past the durable position {}", m.first, m.durable));
-  if (m.tail % ll::frame_alignment != 0) problem(fmt::format("log.meta: the tail {} is not a record position", m.tail));
+  if (!ll::frame_aligned(m.tail)) problem(fmt::format("log.meta: the tail {} is not a record position", m.tail));
   for (const auto& s : walk.segments())
     if (s.size < m.segment_size)
       problem(fmt::format("segment file {} has {} bytes, the log's segments have {}", s.path.filename().string(), s.size,

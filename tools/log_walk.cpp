@@ -199,7 +199,7 @@ log_frame log_walk::read(std::uint64_t p) {
     return f;
   }
   const std::uint64_t offset = p % m_segment_size;
-  if (offset % ll::frame_alignment != 0 || offset + ll::frame_header_size > m_segment_size) {
+  if (!ll::frame_aligned(offset) || offset + ll::frame_header_size > m_segment_size) {
     f.state = log_frame::status::bad;
     f.why = "is not at a frame boundary";
     return f;

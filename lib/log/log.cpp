@@ -156,7 +156,7 @@ frame_check log_state::check_frame(position p, const ll::record_header& h) const
 
 prefix log_state::committed_prefix(position from_pos, std::uint64_t sequence) {
   prefix r{from_pos, sequence};
-  if (from_pos % ll::frame_alignment != 0) return r;  // not a record boundary: sync_to reports it
+  if (!ll::frame_aligned(from_pos)) return r;  // not a record boundary: sync_to reports it
   const position tail = load(meta->tail_position);
   while (r.end < tail) {
     const ll::record_header* h = header_at(r.end, false);
@@ -243,7 +243,7 @@ position log_state::append(std::span<const std::byte> bytes) {
     // does not was written by a process that does not follow the layout,
     // and records claimed from it would sit where no reader looks, their
     // commit words unaligned.
-    if (pos % ll::frame_alignment != 0) {
+    if (!ll::frame_aligned(pos)) {
       std::atomic_ref<std::uint64_t>(me.position).store(~std::uint64_t{0}, std::memory_order_release);
       throw error(errc::region_corrupt, "append", dir.string(), "the claim word is not at a frame boundary");
     }
@@ -331,7 +331,7 @@ bool log_state::try_repair(position p) noexcept {
   const std::uint64_t sequence = std::atomic_ref<std::uint64_t>(w.sequence).load(std::memory_order_relaxed);
   const std::uint64_t offset = p % segment_size;
   const std::uint64_t room = segment_size - offset;
-  if (length < ll::frame_header_size || length % ll::frame_alignment != 0 || length > room + segment_size ||
+  if (length < ll::frame_header_size || !ll::frame_aligned(length) || length > room + segment_size ||
       p + length > load(meta->tail_position))
     return false;  // not an intent this library writes: leave it to recovery
   try {
@@ -390,7 +390,7 @@ task<void> log_state::sync_to(std::shared_ptr<log_state> self, position target) 
     }
     const prefix p = st.committed_prefix(st.load(st.meta->durable_position), st.load(st.meta->durable_sequence));
     const position from_pos = st.load(st.meta->durable_position);
-    if (from_pos % ll::frame_alignment != 0)
+    if (!ll::frame_aligned(from_pos))
       throw error(errc::region_corrupt, "sync", st.dir.string(),
                   fmt::format("log.meta's durable position {} is not at a record boundary", from_pos));
     if (p.end <= from_pos) {
@@ -521,7 +521,7 @@ void log_state::validate() {
   // them. (The claim word is checked by each append.)
   const position first = load(meta->first_position);
   const position durable = load(meta->durable_position);
-  if (first % segment_size != 0 || durable % ll::frame_alignment != 0 || first > durable)
+  if (first % segment_size != 0 || !ll::frame_aligned(durable) || first > durable)
     fail(fmt::format("log.meta's first position {} and durable position {} are not record boundaries in order",
                      first, durable));
 }

@@ -43,6 +43,7 @@ inline constexpr std::uint64_t min_segment_size = 64 * 1024;
 inline constexpr std::uint64_t max_segment_size = std::uint64_t{1} << 34;
 inline constexpr std::uint32_t cursor_magic = 0x52435342;  // "BSCR"
 
+using layout::frame_aligned;
 using layout::frame_alignment;
 using layout::frame_data;
 using layout::frame_header_size;

@@ -77,7 +77,7 @@ std::optional<position> read_cursor(const std::filesystem::path& path) {
 /// A position a user passes must be one where a record may start: records
 /// are 32-byte aligned, and reading from anywhere else is undefined.
 void require_record_boundary(const log_state& st, std::string_view operation, position p) {
-  if (p % ll::frame_alignment != 0)
+  if (!ll::frame_aligned(p))
     throw error(std::make_error_code(std::errc::invalid_argument), operation, st.dir.string(),
                 fmt::format("position {} is not where a record starts (positions are multiples of {})", p,
                             ll::frame_alignment));
@@ -134,7 +134,7 @@ struct log_reader_state {
       if (pos >= limit) return {};
       const position durable_pos = st.load(st.meta->durable_position);
       // Where a reader starts may come from log.meta or a cursor file.
-      if (pos % ll::frame_alignment != 0) corrupt(pos, "is not at a record boundary");
+      if (!ll::frame_aligned(pos)) corrupt(pos, "is not at a record boundary");
       const ll::record_header* h = st.header_at(pos, false);
       if (h == nullptr) {
         if (pos < st.load(st.meta->first_position)) continue;  // dropped meanwhile: report it above

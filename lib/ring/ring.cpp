@@ -285,7 +285,7 @@ bool ring::drop_stale_intent(layout::publisher_slot& slot) noexcept {
   bool stale = p >= tail ||              // it died before its claim
                tail - p > m_capacity ||  // claimed or not, the ring has moved a lap past it
                // no claim has this shape
-               (p & (layout::frame_alignment - 1)) != 0 || (need & (layout::frame_alignment - 1)) != 0 ||
+               !layout::frame_aligned(p) || !layout::frame_aligned(need) ||
                need < layout::frame_header_size;
   if (!stale) {
     // Its data frame, where try_claim would have put it: committed means
@@ -356,7 +356,7 @@ bool ring::is_claim_boundary(std::uint64_t end, std::uint64_t tail) const noexce
 }
 
 ring::repair_status ring::try_repair(std::uint64_t position, liveness_check alive) noexcept {
-  if ((position & (layout::frame_alignment - 1)) != 0) return repair_status::not_stalled;
+  if (!layout::frame_aligned(position)) return repair_status::not_stalled;
   if (load_commit(position) == (position ^ m_salt)) return repair_status::not_stalled;
   const std::uint64_t tail = tail_position();
   if (position >= tail || tail - position > m_capacity) return repair_status::not_stalled;
@@ -394,7 +394,7 @@ ring::repair_status ring::try_repair(std::uint64_t position, liveness_check aliv
     const std::uint64_t room = m_capacity - (start & m_mask);
     const std::uint64_t l = shared(slot.intent_length).load(std::memory_order_relaxed);
     const std::uint64_t end = start + l;
-    const bool shaped = l >= layout::frame_header_size && l % layout::frame_alignment == 0 && end > position &&
+    const bool shaped = l >= layout::frame_header_size && layout::frame_aligned(l) && end > position &&
                         (l <= room || l - room <= layout::frame_size(m_max_message));
     // Nearest end first; at the same end, the start nearer this position
     // (a claim that began here rules out one that wrapped over it).
@@ -675,7 +675,7 @@ std::uint64_t ring::resync_position(std::uint64_t tail) const noexcept {
         shared(m_header->resync_hints[(b & m_mask) >> m_segment_shift]).load(std::memory_order_acquire);
     // A hint of another lap, or one that does not name a committed frame
     // (overwritten, in progress, or garbage), is passed over.
-    if (h < b || h >= lap_boundary || (h & (layout::frame_alignment - 1)) != 0) continue;
+    if (h < b || h >= lap_boundary || !layout::frame_aligned(h)) continue;
     if (load_commit(h) == (h ^ m_salt)) return h;
   }
   return lap_boundary;

@@ -701,7 +701,7 @@ inline bool ring::try_lone_claim(std::uint32_t length, std::uint32_t publisher_i
                      end <= m_limit_cache);
   // A claim word off a frame boundary was written by a process that does
   // not follow the layout: try_claim_general reports it.
-  const bool misaligned = (position & (layout::frame_alignment - 1)) != 0;
+  const bool misaligned = !layout::frame_aligned(position);
   if (frame_bytes > m_capacity - offset || !room || misaligned) return false;
   prefetch_one_line_frame(base, offset, frame_bytes);
   prefetch_ahead(end, frame_bytes);
@@ -749,7 +749,7 @@ inline claim_status ring::try_claim_general(std::uint32_t length, std::uint32_t 
     // (LAYOUT.md section 9); a claim word that does not was written by a
     // process that does not follow the layout. Claiming from it would put
     // frames where no reader looks for them, their words unaligned.
-    if ((position & (layout::frame_alignment - 1)) != 0) [[unlikely]] {
+    if (!layout::frame_aligned(position)) [[unlikely]] {
       ring_detail::shared(me.intent_position).store(~std::uint64_t{0}, std::memory_order_release);
       return claim_status::corrupt;
     }
@@ -861,7 +861,7 @@ inline read_status ring::try_read(ring_cursor& cursor, frame& out, std::uint64_t
   // from holding a reader here forever.
   for (int turn = 0; turn < 8; ++turn) {
     const std::uint64_t p = cursor.position;
-    if ((p & (layout::frame_alignment - 1)) != 0) [[unlikely]]
+    if (!layout::frame_aligned(p)) [[unlikely]]
       return read_status::corrupt;
     const std::uint64_t commit = load_commit(p);
     if (commit != (p ^ m_salt)) {

@@ -199,4 +199,10 @@ constexpr std::uint64_t frame_size(std::uint64_t length) noexcept {
   return (frame_header_size + length + frame_alignment - 1) & ~std::uint64_t{frame_alignment - 1};
 }
 
+/// Whether `v` (a position, or a claim's or frame's length) is a multiple
+/// of frame_alignment, as every frame start and size is. A value read from
+/// shared memory that is not was written by a process that does not follow
+/// the layout.
+constexpr bool frame_aligned(std::uint64_t v) noexcept { return (v & (frame_alignment - 1)) == 0; }
+
 }  // namespace shmbus::detail::layout
