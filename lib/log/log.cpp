@@ -154,19 +154,25 @@ frame_check log_state::check_frame(position p, const ll::record_header& h) const
   return c;
 }
 
-prefix log_state::committed_prefix(position from_pos, std::uint64_t sequence) {
-  prefix r{from_pos, sequence};
-  if (!ll::frame_aligned(from_pos)) return r;  // not a record boundary: sync_to reports it
-  const position tail = load(meta->tail_position);
-  while (r.end < tail) {
+prefix log_state::walk_records(position from_pos, std::uint64_t sequence, position limit, bool crc_required) {
+  prefix r{from_pos, sequence, 0};
+  if (!ll::frame_aligned(from_pos)) return r;  // not a record boundary: the callers report it
+  while (r.end < limit) {
     const ll::record_header* h = header_at(r.end, false);
     if (h == nullptr || !committed(*h, r.end)) break;
     const frame_check c = check_frame(r.end, *h);
-    if (!c.ok) break;
-    if (c.type != ll::frame_padding) r.sequence = c.sequence + 1;
+    if (!(crc_required ? c.ok : c.shaped)) break;
+    if (c.type != ll::frame_padding) {
+      r.sequence = c.sequence + 1;
+      ++r.records;
+    }
     r.end = c.next;
   }
   return r;
+}
+
+prefix log_state::committed_prefix(position from_pos, std::uint64_t sequence) {
+  return walk_records(from_pos, sequence, load(meta->tail_position), true);
 }
 
 void log_state::advance_durable(const prefix& p) noexcept {
@@ -531,16 +537,10 @@ void log_state::check_durable_boundary() {
   // the start of the durable position's segment must land on it exactly.
   // Otherwise log.meta's durable word is not one this library wrote, and
   // recovering from it would cut whole records after it.
+  // Shape and commit only: a record that fails its CRC is still a record,
+  // reported to whoever reads it.
   const position durable = report.durable;
-  position q = durable - durable % segment_size;
-  while (q < durable) {
-    const ll::record_header* h = header_at(q, false);
-    // Shape and commit only: a record that fails its CRC is still a record,
-    // reported to whoever reads it.
-    const frame_check c = h != nullptr && committed(*h, q) ? check_frame(q, *h) : frame_check{};
-    if (!c.shaped) break;
-    q = c.next;
-  }
+  const position q = walk_records(durable - durable % segment_size, 0, durable, false).end;
   if (q != durable)
     throw error(errc::region_corrupt, "open log", dir.string(),
                 fmt::format("log.meta's durable position {} is not where a record starts (the records of its "
@@ -555,19 +555,12 @@ void log_state::recover() {
   report.durable = load(meta->durable_position);
   report.previous_tail = load(meta->tail_position);
   check_durable_boundary();
-  position p = report.durable;
-  std::uint64_t sequence = load(meta->durable_sequence);
-  for (;;) {
-    const ll::record_header* h = header_at(p, false);
-    if (h == nullptr || !committed(*h, p)) break;
-    const frame_check c = check_frame(p, *h);
-    if (!c.ok) break;
-    if (c.type != ll::frame_padding) {
-      sequence = c.sequence + 1;
-      ++report.records_after_durable;
-    }
-    p = c.next;
-  }
+  // No bound but the records themselves: claims may reach past the tail
+  // that log.meta recorded if its page was not written back.
+  const prefix walked = walk_records(report.durable, load(meta->durable_sequence), ~position{0}, true);
+  const position p = walked.end;
+  const std::uint64_t sequence = walked.sequence;
+  report.records_after_durable = walked.records;
   report.recovered_tail = p;
   report.bytes_cut = report.previous_tail > p ? report.previous_tail - p : 0;
   // Zero what follows in p's segment (a torn record, or a claim never

@@ -45,6 +45,7 @@ struct frame_check {
 struct prefix {
   position end = 0;
   std::uint64_t sequence = 0;
+  std::uint64_t records = 0;  ///< data and aborted records in it (walk_records)
 };
 
 struct log_state {
@@ -84,6 +85,11 @@ struct log_state {
   bool committed(const log_layout::record_header& h, position p) const noexcept;
   frame_check check_frame(position p, const log_layout::record_header& h) const noexcept;
   prefix committed_prefix(position from, std::uint64_t sequence);
+  /// From `from` (a record boundary, or nothing is walked) while below
+  /// `limit`: records that are committed and shaped, and, if
+  /// `crc_required`, whose CRC32C holds. The walk that committed_prefix,
+  /// recovery and its check of the durable word share.
+  prefix walk_records(position from, std::uint64_t sequence, position limit, bool crc_required);
   void advance_durable(const prefix& p) noexcept;
   void wake_readers() noexcept;
   int take_slot(log_layout::slot* slots, std::uint32_t count) noexcept;
